@@ -1,0 +1,1 @@
+//! Shared helpers for airllama's criterion benchmarks (inputs with fixed seeds).

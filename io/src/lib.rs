@@ -1,0 +1,14 @@
+//! airllama-io: the distributed-llama file formats and the I/O that feeds the kernels.
+//!
+//! - [`model`]: the `.m` model header (dllama's key/value ints, defaults and derived values).
+//! - [`layout`]: the tensor layout table: every tensor's role, shape, type, byte range, and each
+//!   node's slice of it. Weight loading, streaming and zero-data movement all read this table.
+//! - [`tokenizer_file`]: the `.t` tokenizer file.
+//! - [`gguf`]: a GGUF reader, and [`convert`]: GGUF → `.m`/`.t` conversion.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod convert;
+pub mod gguf;
+pub mod layout;
+pub mod model;
+pub mod tokenizer_file;

@@ -1,0 +1,1 @@
+//! Matrix multiplication kernels (to be written).

@@ -1,0 +1,1 @@
+//! Element-wise, normalisation, positional, attention and routing ops (to be written).

@@ -1,0 +1,1 @@
+//! Quantization and float conversion (to be written).

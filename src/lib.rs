@@ -1,0 +1,2 @@
+//! airllama: graph, executor, LLM, tokenizer and sampler on top of the kernels, io and net crates.
+#![deny(clippy::undocumented_unsafe_blocks)]

@@ -1,0 +1,43 @@
+//! The `airllama` command: a drop-in distributed-llama worker and root, a model converter and
+//! inspection tools.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Debug, Parser)]
+#[command(name = "airllama", version, about = "Zero-copy LLM inference, drop-in for distributed-llama")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a .m model file's header and tensor layout (and each node's slices).
+    Inspect(cli::inspect::Args),
+    /// Convert a model to dllama's .m / .t formats.
+    Convert(cli::convert::Args),
+    /// Serve a dllama root as a worker node (drop-in for `dllama worker`).
+    Worker(cli::worker::Args),
+    /// Replay a recorded golden session against a worker and compare every byte.
+    Replay(cli::replay::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => cli::inspect::run(args),
+        Command::Convert(args) => cli::convert::run(args),
+        Command::Worker(args) => cli::worker::run(args),
+        Command::Replay(args) => cli::replay::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
