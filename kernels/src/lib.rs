@@ -28,5 +28,6 @@ pub mod backend;
 pub mod block;
 pub mod matmul;
 pub mod ops;
+pub mod parallel;
 pub mod quant;
 pub(crate) mod scalar;
