@@ -1,2 +1,5 @@
 //! airllama: graph, executor, LLM, tokenizer and sampler on top of the kernels, io and net crates.
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
+
+pub mod replay;
