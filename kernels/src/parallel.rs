@@ -205,7 +205,9 @@ impl<T> Part<'_, T> {
 
     /// True when this part owns row `row` (its columns of it).
     pub fn owns_row(&self, row: usize) -> bool {
-        row < self.rows && row >= self.first_row && (row - self.first_row).is_multiple_of(self.row_step)
+        row < self.rows
+            && row >= self.first_row
+            && (row - self.first_row).is_multiple_of(self.row_step)
     }
 
     /// The rows this part owns, in order.
