@@ -43,29 +43,79 @@ pub const fn split_range(len: usize, n_threads: usize, index: usize) -> Range<us
 /// Most threads a [`SplitMut`] (and so an executor) supports.
 pub const MAX_THREADS: usize = 256;
 
-/// How a [`SplitMut`] assigns its elements to threads. The buffer is seen as `rows` rows of
-/// `row_len` elements (starting at element 0; elements past `rows * row_len` belong to nobody).
+/// How a [`SplitMut`] assigns its elements to threads. The buffer is seen as `rows` rows that
+/// start `stride` elements apart; in each row only the window `offset..offset + len` is shared
+/// out (a node's slice of a pipe row, say). Elements outside the windows belong to nobody.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
-    /// Thread `i` owns, in every row, the columns
-    /// `unit * split_range(row_len / unit, n, i)`: dllama's per-row `SPLIT_THREADS` over
-    /// `row_len / unit` items of `unit` elements (e.g. a Q80 block, a RoPE pair, a head).
+    /// Thread `i` owns, in every row's window, the elements
+    /// `unit * split_range(len / unit, n, i)`: dllama's per-row `SPLIT_THREADS` over
+    /// `len / unit` items of `unit` elements (e.g. a Q80 block, a RoPE pair, a head).
     Columns {
-        /// Elements per row.
-        row_len: usize,
+        /// Elements from one row's start to the next.
+        stride: usize,
         /// Rows.
         rows: usize,
-        /// Elements per split item; `row_len` must be a multiple of it.
+        /// Start of the window within a row.
+        offset: usize,
+        /// Elements of the window.
+        len: usize,
+        /// Elements per split item; `len` must be a multiple of it.
         unit: usize,
     },
-    /// Thread `i` owns the whole rows `i, i + n, i + 2n, …` (dllama's
+    /// Thread `i` owns the whole windows of rows `i, i + n, i + 2n, …` (dllama's
     /// `for (y = threadIndex; y < batchSize; y += nThreads)`).
     Rows {
-        /// Elements per row.
-        row_len: usize,
+        /// Elements from one row's start to the next.
+        stride: usize,
         /// Rows.
         rows: usize,
+        /// Start of the window within a row.
+        offset: usize,
+        /// Elements of the window.
+        len: usize,
     },
+}
+
+impl Split {
+    /// Contiguous rows of `row_len` elements split by columns in items of `unit`.
+    pub const fn columns(row_len: usize, rows: usize, unit: usize) -> Split {
+        Split::Columns {
+            stride: row_len,
+            rows,
+            offset: 0,
+            len: row_len,
+            unit,
+        }
+    }
+
+    /// Contiguous rows of `row_len` elements split by rows.
+    pub const fn rows(row_len: usize, rows: usize) -> Split {
+        Split::Rows {
+            stride: row_len,
+            rows,
+            offset: 0,
+            len: row_len,
+        }
+    }
+
+    fn window(&self) -> (usize, usize, usize, usize) {
+        match *self {
+            Split::Columns {
+                stride,
+                rows,
+                offset,
+                len,
+                ..
+            }
+            | Split::Rows {
+                stride,
+                rows,
+                offset,
+                len,
+            } => (stride, rows, offset, len),
+        }
+    }
 }
 
 /// Why a [`SplitMut`] could not be made or a part could not be claimed.
@@ -117,22 +167,24 @@ impl<'a, T> SplitMut<'a, T> {
         if n_threads == 0 || n_threads > MAX_THREADS {
             return Err(SplitError::Threads);
         }
-        let (row_len, rows) = match split {
-            Split::Columns {
-                row_len,
-                rows,
-                unit,
-            } => {
-                if unit == 0 || !row_len.is_multiple_of(unit) {
-                    return Err(SplitError::Geometry);
-                }
-                (row_len, rows)
+        if let Split::Columns { len, unit, .. } = split {
+            if unit == 0 || !len.is_multiple_of(unit) {
+                return Err(SplitError::Geometry);
             }
-            Split::Rows { row_len, rows } => (row_len, rows),
-        };
-        match row_len.checked_mul(rows) {
-            Some(total) if total <= buffer.len() => {}
-            _ => return Err(SplitError::Geometry),
+        }
+        let (stride, rows, offset, len) = split.window();
+        let window_end = offset.checked_add(len).ok_or(SplitError::Geometry)?;
+        if window_end > stride && rows > 1 {
+            return Err(SplitError::Geometry);
+        }
+        if rows > 0 {
+            let last = (rows - 1)
+                .checked_mul(stride)
+                .and_then(|s| s.checked_add(window_end));
+            match last {
+                Some(end) if end <= buffer.len() => {}
+                _ => return Err(SplitError::Geometry),
+            }
         }
         Ok(SplitMut {
             ptr: NonNull::from(buffer).cast(),
@@ -158,21 +210,18 @@ impl<'a, T> SplitMut<'a, T> {
         if before & bit != 0 {
             return Err(SplitError::AlreadyClaimed);
         }
-        let (columns, row_len, rows, first_row, row_step) = match self.split {
-            Split::Columns {
-                row_len,
-                rows,
-                unit,
-            } => {
-                let r = split_range(row_len / unit, self.n_threads, index);
-                (r.start * unit..r.end * unit, row_len, rows, 0, 1)
+        let (stride, rows, offset, len) = self.split.window();
+        let (columns, first_row, row_step) = match self.split {
+            Split::Columns { unit, .. } => {
+                let r = split_range(len / unit, self.n_threads, index);
+                (offset + r.start * unit..offset + r.end * unit, 0, 1)
             }
-            Split::Rows { row_len, rows } => (0..row_len, row_len, rows, index, self.n_threads),
+            Split::Rows { .. } => (offset..offset + len, index, self.n_threads),
         };
         Ok(Part {
             ptr: self.ptr,
             columns,
-            row_len,
+            stride,
             rows,
             first_row,
             row_step,
@@ -186,7 +235,7 @@ impl<'a, T> SplitMut<'a, T> {
 pub struct Part<'s, T> {
     ptr: NonNull<T>,
     columns: Range<usize>,
-    row_len: usize,
+    stride: usize,
     rows: usize,
     first_row: usize,
     row_step: usize,
@@ -198,7 +247,8 @@ pub struct Part<'s, T> {
 unsafe impl<T: Send> Send for Part<'_, T> {}
 
 impl<T> Part<'_, T> {
-    /// The columns (element range within a row) this part owns.
+    /// The elements of a row this part owns (relative to the row's start, so they include the
+    /// window's offset).
     pub fn columns(&self) -> Range<usize> {
         self.columns.clone()
     }
@@ -220,10 +270,11 @@ impl<T> Part<'_, T> {
         if !self.owns_row(row) {
             return None;
         }
-        let start = row * self.row_len + self.columns.start;
+        let start = row * self.stride + self.columns.start;
         let len = self.columns.end - self.columns.start;
-        // SAFETY: `SplitMut::new` checked `rows * row_len <= buffer.len()` and `row < rows`,
-        // `columns.end <= row_len`, so the range is inside the buffer borrowed for `'s`. Parts of
+        // SAFETY: `SplitMut::new` checked `(rows - 1) * stride + offset + len <= buffer.len()`
+        // and `row < rows`, `columns` lies inside `offset..offset + len`, so the range is inside
+        // the buffer borrowed for `'s`. Parts of
         // different indexes own disjoint (row, column) sets and each index is claimed once, and
         // `&mut self` keeps this part from handing out two rows at a time, so the slice aliases
         // nothing else alive.
@@ -472,23 +523,12 @@ mod tests {
     #[test]
     fn parts_cover_the_buffer_once() {
         for n in 1..6 {
-            for split in [
-                Split::Columns {
-                    row_len: 12,
-                    rows: 3,
-                    unit: 2,
-                },
-                Split::Rows {
-                    row_len: 12,
-                    rows: 5,
-                },
-            ] {
-                let mut buf = [0u32; 60];
+            for split in [Split::columns(12, 3, 2), Split::rows(12, 5)] {
+                let mut buf = [0u32; 70];
                 let s = SplitMut::new(&mut buf, split, n).unwrap();
                 for i in 0..n {
                     let mut p = s.claim(i).unwrap();
-                    let rows: [usize; 5] = [0, 1, 2, 3, 4];
-                    for r in rows {
+                    for r in 0..6 {
                         if let Some(row) = p.row_mut(r) {
                             row.iter_mut().for_each(|v| *v += 1);
                         }
@@ -496,11 +536,8 @@ mod tests {
                     assert_eq!(s.claim(i).err(), Some(SplitError::AlreadyClaimed));
                 }
                 assert_eq!(s.claim(n).err(), Some(SplitError::Index));
-                let used = match split {
-                    Split::Columns { row_len, rows, .. } | Split::Rows { row_len, rows } => {
-                        row_len * rows
-                    }
-                };
+                let (stride, rows, _, _) = split.window();
+                let used = stride * rows;
                 assert!(buf[..used].iter().all(|&v| v == 1));
                 assert!(buf[used..].iter().all(|&v| v == 0));
             }
@@ -508,44 +545,54 @@ mod tests {
     }
 
     #[test]
+    fn windows_leave_the_rest_alone() {
+        let mut buf = [0u8; 20];
+        let split = Split::Columns {
+            stride: 6,
+            rows: 3,
+            offset: 2,
+            len: 4,
+            unit: 2,
+        };
+        let s = SplitMut::new(&mut buf[..18], split, 2).unwrap();
+        for i in 0..2 {
+            let mut p = s.claim(i).unwrap();
+            assert_eq!(p.columns(), 2 + 2 * i..4 + 2 * i);
+            for r in 0..3 {
+                p.row_mut(r).unwrap().fill(i as u8 + 1);
+            }
+        }
+        assert_eq!(
+            &buf[..16],
+            &[0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1]
+        );
+    }
+
+    #[test]
     fn rejects_bad_geometry() {
         let mut buf = [0u8; 10];
         assert_eq!(
-            SplitMut::new(
-                &mut buf,
-                Split::Rows {
-                    row_len: 4,
-                    rows: 3
-                },
-                1
-            )
-            .err(),
+            SplitMut::new(&mut buf, Split::rows(4, 3), 1).err(),
             Some(SplitError::Geometry)
         );
         assert_eq!(
-            SplitMut::new(
-                &mut buf,
-                Split::Columns {
-                    row_len: 5,
-                    rows: 2,
-                    unit: 2
-                },
-                1
-            )
-            .err(),
+            SplitMut::new(&mut buf, Split::columns(5, 2, 2), 1).err(),
             Some(SplitError::Geometry)
         );
         assert_eq!(
-            SplitMut::new(
-                &mut buf,
-                Split::Rows {
-                    row_len: 1,
-                    rows: 1
-                },
-                0
-            )
-            .err(),
+            SplitMut::new(&mut buf, Split::rows(1, 1), 0).err(),
             Some(SplitError::Threads)
+        );
+        let window = Split::Columns {
+            stride: 4,
+            rows: 2,
+            offset: 2,
+            len: 4,
+            unit: 1,
+        };
+        assert_eq!(
+            SplitMut::new(&mut buf, window, 1).err(),
+            Some(SplitError::Geometry)
         );
     }
 
@@ -557,16 +604,7 @@ mod tests {
         for round in 0..200 {
             let mut buf = [0usize; 30];
             {
-                let split = SplitMut::new(
-                    &mut buf,
-                    Split::Columns {
-                        row_len: 10,
-                        rows: 3,
-                        unit: 1,
-                    },
-                    3,
-                )
-                .unwrap();
+                let split = SplitMut::new(&mut buf, Split::columns(10, 3, 1), 3).unwrap();
                 let hits = AtomicUsize::new(0);
                 pool.run(&|i| {
                     let mut part = split.claim(i).unwrap();
