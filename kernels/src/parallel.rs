@@ -167,10 +167,10 @@ impl<'a, T> SplitMut<'a, T> {
         if n_threads == 0 || n_threads > MAX_THREADS {
             return Err(SplitError::Threads);
         }
-        if let Split::Columns { len, unit, .. } = split {
-            if unit == 0 || !len.is_multiple_of(unit) {
-                return Err(SplitError::Geometry);
-            }
+        if let Split::Columns { len, unit, .. } = split
+            && (unit == 0 || !len.is_multiple_of(unit))
+        {
+            return Err(SplitError::Geometry);
         }
         let (stride, rows, offset, len) = split.window();
         let window_end = offset.checked_add(len).ok_or(SplitError::Geometry)?;
