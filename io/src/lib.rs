@@ -5,9 +5,11 @@
 //!   node's slice of it. Weight loading, streaming and zero-data movement all read this table.
 //! - [`tokenizer_file`]: the `.t` tokenizer file.
 //! - [`gguf`]: a GGUF reader, and [`convert`]: GGUF → `.m`/`.t` conversion.
+//! - [`fuzzing`]: fuzz oracles over untrusted bytes, shared by `fuzz/` and the unit tests.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod convert;
+pub mod fuzzing;
 pub mod gguf;
 pub mod layout;
 pub mod model;

@@ -530,7 +530,7 @@ fn parse_prefix(prefix: &[u8]) -> Result<u32, ModelHeaderError> {
     })?;
     let valid = size >= PREFIX_SIZE as i32
         && size as u32 <= MAX_HEADER_SIZE
-        && (size as u32 - PREFIX_SIZE) % 8 == 0;
+        && (size as u32 - PREFIX_SIZE).is_multiple_of(8);
     if !valid {
         return Err(ModelHeaderError::InvalidHeaderSize { size });
     }
@@ -729,14 +729,14 @@ fn derive_config(pairs: &[(HeaderKey, i32)]) -> Result<ModelConfig, ModelHeaderE
     let inconsistent = |reason: &'static str| ModelHeaderError::InconsistentDims { reason };
 
     if c.head_dim == 0 {
-        if c.dim % c.n_heads != 0 {
+        if !c.dim.is_multiple_of(c.n_heads) {
             return Err(inconsistent(
                 "dim is not a multiple of n_heads and no head_dim is given",
             ));
         }
         c.head_dim = c.dim / c.n_heads;
     }
-    if c.n_heads % c.n_kv_heads != 0 {
+    if !c.n_heads.is_multiple_of(c.n_kv_heads) {
         return Err(inconsistent("n_heads is not a multiple of n_kv_heads"));
     }
     c.q_dim = c
