@@ -282,6 +282,55 @@ impl<T> Part<'_, T> {
     }
 }
 
+impl<'p, T> Part<'p, T> {
+    /// All rows this part owns below `limit` at once, in order, as `(row, its columns)`
+    /// (a matmul needs the rows of every batch item together).
+    pub fn rows_mut(&mut self, limit: usize) -> RowsMut<'_, T> {
+        RowsMut {
+            ptr: self.ptr,
+            columns: self.columns.clone(),
+            stride: self.stride,
+            next: self.first_row,
+            end: limit.min(self.rows),
+            step: self.row_step,
+            _part: PhantomData,
+        }
+    }
+}
+
+/// Iterator over the rows of a [`Part`], see [`Part::rows_mut`].
+#[derive(Debug)]
+pub struct RowsMut<'r, T> {
+    ptr: NonNull<T>,
+    columns: Range<usize>,
+    stride: usize,
+    next: usize,
+    end: usize,
+    step: usize,
+    _part: PhantomData<&'r mut [T]>,
+}
+
+impl<'r, T> Iterator for RowsMut<'r, T> {
+    type Item = (usize, &'r mut [T]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        let row = self.next;
+        self.next += self.step;
+        let start = row * self.stride + self.columns.start;
+        let len = self.columns.end - self.columns.start;
+        // SAFETY: as in `Part::row_mut` the range is inside the buffer (row < rows); the iterator
+        // borrows the part mutably for `'r` and yields each owned row at most once (rows strictly
+        // increase), so the slices it hands out are disjoint from each other and from everything
+        // else alive.
+        Some((row, unsafe {
+            core::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), len)
+        }))
+    }
+}
+
 #[cfg(feature = "std")]
 pub use pool::{PoolError, ThreadPool};
 
@@ -542,6 +591,25 @@ mod tests {
                 assert!(buf[used..].iter().all(|&v| v == 0));
             }
         }
+    }
+
+    #[test]
+    fn rows_mut_yields_each_owned_row_once() {
+        let mut buf = [0u16; 24];
+        let mut rows = [0usize; 3];
+        let mut n = 0;
+        {
+            let s = SplitMut::new(&mut buf, Split::rows(4, 6), 2).unwrap();
+            let mut p = s.claim(1).unwrap();
+            for (r, row) in p.rows_mut(5) {
+                row.fill(7);
+                rows[n] = r;
+                n += 1;
+            }
+        }
+        assert_eq!(&rows[..n], &[1, 3]);
+        assert_eq!(&buf[4..8], &[7; 4]);
+        assert_eq!(&buf[20..24], &[0; 4]);
     }
 
     #[test]
