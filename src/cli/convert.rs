@@ -1,11 +1,168 @@
-//! (to be written)
+//! `airllama convert gguf <in.gguf> <out.m> <out.t> [--weights q40|f32]`.
+//!
+//! Both outputs are written to `<name>.partial` beside the target and renamed into place only
+//! when complete, so an interrupted or failed conversion never leaves a truncated `.m` or `.t`
+//! that would look valid by name.
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use airllama_io::convert::{ModelPlan, tokenizer_from_gguf, write_model};
+use airllama_io::gguf::GgufFile;
+use airllama_kernels::block::FloatType;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Flags of this subcommand.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    source: Source,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Source {
+    /// Convert a llama-family GGUF file (llama.cpp's format) to a .m model and a .t tokenizer.
+    Gguf(GgufArgs),
+}
+
+/// Output weight type for the matrices (norms and the embedding are always f32).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Weights {
+    /// dllama's 4-bit blocks (needs `--buffer-float-type q80` in dllama).
+    Q40,
+    /// 32-bit floats.
+    F32,
+}
+
+#[derive(Debug, clap::Args)]
+struct GgufArgs {
+    /// Input GGUF file.
+    input: PathBuf,
+    /// Output .m model file.
+    model: PathBuf,
+    /// Output .t tokenizer file.
+    tokenizer: PathBuf,
+    /// Weight type of the matrices in the .m file.
+    #[arg(long, value_enum, default_value = "q40")]
+    weights: Weights,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not written yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.source {
+        Source::Gguf(a) => convert_gguf(a),
+    }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Writes through `<path>.partial`, then renames; removes the partial file on failure.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = partial_path(path);
+    let result = (|| {
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
+    let weights = match a.weights {
+        Weights::Q40 => FloatType::Q40,
+        Weights::F32 => FloatType::F32,
+    };
+    let gguf =
+        GgufFile::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let plan = ModelPlan::from_gguf(gguf.header(), weights)
+        .with_context(|| format!("{} cannot be converted", a.input.display()))?;
+    let tokenizer = tokenizer_from_gguf(gguf.header())
+        .with_context(|| format!("converting the tokenizer of {}", a.input.display()))?;
+    let tokenizer_bytes = tokenizer.to_bytes().context("encoding the tokenizer")?;
+
+    let c = plan.header.config();
+    eprintln!(
+        "{}: llama, dim {}, {} layers, {} heads ({} kv), head dim {}, hidden {}, vocab {}, seq len {}, \
+         rope theta {}, eps {:e}{}",
+        a.input.display(),
+        c.dim,
+        c.n_layers,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.hidden_dim,
+        c.vocab_size,
+        c.seq_len,
+        c.rope_theta,
+        c.norm_epsilon.value(),
+        if plan.tied_embeddings {
+            ", classifier tied to the embedding"
+        } else {
+            ""
+        },
+    );
+
+    let total = plan.file_size();
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    write_atomically(&a.model, |out| {
+        let written = write_model(&gguf, &plan, out, &mut |done, t| {
+            bar.set_position(done);
+            bar.set_message(t.label.clone());
+        })?;
+        anyhow::ensure!(written == total, "wrote {written} bytes, planned {total}");
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    write_atomically(&a.tokenizer, |out| Ok(out.write_all(&tokenizer_bytes)?))?;
+
+    let special = (0..tokenizer.vocab.len() as u32)
+        .filter(|&id| tokenizer.is_special(id))
+        .count();
+    eprintln!(
+        "wrote {} ({} bytes, {} weights) and {} ({} tokens, {} special, bos {:?}, eos {:?}{})",
+        a.model.display(),
+        total,
+        weights.name(),
+        a.tokenizer.display(),
+        tokenizer.vocab.len(),
+        special,
+        tokenizer.true_bos_id(),
+        tokenizer.eos_ids,
+        if tokenizer.true_bos_id() != Some(tokenizer.bos_id) {
+            format!(
+                "; dllama's BOS_ID key holds its split point {}",
+                tokenizer.bos_id
+            )
+        } else {
+            String::new()
+        },
+    );
+    Ok(ExitCode::SUCCESS)
 }
