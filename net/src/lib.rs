@@ -38,6 +38,8 @@ pub mod fuzzing;
 pub mod limits;
 pub mod messages;
 pub mod plan;
+#[cfg(feature = "std")]
+pub mod transport;
 
 pub use codec::{ACK, Reader};
 pub use config::{

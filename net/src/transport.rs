@@ -1,0 +1,1064 @@
+//! Blocking TCP transport for the dllama protocol, mirroring dllama's `nn-network.cpp`:
+//!
+//! * every socket gets `TCP_NODELAY` and (Linux) `TCP_QUICKACK`, like `setNoDelay` /
+//!   `setQuickAck`; the listener reuses its address (`SO_REUSEADDR`, set by std on Unix);
+//! * every `send` carries at most 4096 bytes (dllama's `MAX_CHUNK_SIZE`);
+//! * "turbo" mode switches all sockets to non-blocking and spins on `EAGAIN` instead of
+//!   sleeping in the kernel ([`Network::set_turbo`]; [`ControlReader`] switches a worker on
+//!   after a control packet and off after ~1 s of process CPU time without one, as
+//!   `runWorkerApp` does);
+//! * a worker accepts the root, reads the handshake, ACKs, waits for the root-ready ACK, then
+//!   connects to the workers listed after itself and accepts those listed before, in list order
+//!   (`NnNetwork::serve`).
+//!
+//! One difference on purpose: dllama's sync writes its slice to every connection and only then
+//! reads, which deadlocks once slices outgrow the socket buffers of both ends. [`Network::exchange`]
+//! writes and reads in the same loop (non-blocking calls, `poll` when nothing moves outside
+//! turbo mode), so the bytes on each connection are the same and no size can deadlock.
+
+use std::io::{self, Read, Write};
+use std::net::{
+    Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, ToSocketAddrs,
+};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use crate::codec::ACK;
+use crate::config::{NetConfig, NodeConfig, WeightHeader, WeightTarget};
+use crate::error::DecodeError;
+use crate::limits::MAX_CONFIG_MESSAGE_BYTES;
+use crate::messages::{ControlPacket, Handshake, PeerAddress, WeightMessage};
+use crate::plan::{SyncStep, connection_node};
+
+/// dllama's `MAX_CHUNK_SIZE`: the most bytes one `send` call carries.
+pub const MAX_CHUNK_SIZE: usize = 4096;
+
+/// How many `EAGAIN`s a worker tolerates, before any byte of a control packet arrived, before
+/// it checks its idle clock (dllama's `maxAttempts` in `tryReadControlPacket`).
+pub const CONTROL_READ_ATTEMPTS: u64 = 10_000;
+
+/// Process CPU time a worker in turbo mode may spin without a control packet before it goes
+/// back to blocking sockets (dllama: `clock() - startTime > CLOCKS_PER_SEC`).
+pub const TURBO_IDLE_CPU_TIME: Duration = Duration::from_secs(1);
+
+/// Which end of a connection an error concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Socket index on this node (0 = root on a worker).
+    pub connection: u32,
+    /// dllama node index of the other end.
+    pub node: u32,
+}
+
+impl core::fmt::Display for Peer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "node {} (connection {})", self.node, self.connection)
+    }
+}
+
+/// Transport errors, each naming the operation and, once connected, the peer.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A socket call failed on an established connection.
+    #[error("{context} with {peer}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The other end.
+        peer: Peer,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The other end closed the connection.
+    #[error("{peer} closed the connection during {context}")]
+    Closed {
+        /// What was being done.
+        context: &'static str,
+        /// The other end.
+        peer: Peer,
+    },
+    /// Binding, accepting or connecting failed.
+    #[error("{context} {addr}: {source}")]
+    Setup {
+        /// What was being done.
+        context: &'static str,
+        /// The address involved.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer sent bytes that do not decode or contradict the session.
+    #[error("from {peer}: {source}")]
+    Decode {
+        /// The other end.
+        peer: Peer,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// A caller-supplied buffer or index does not fit the plan (a bug in the caller).
+    #[error("{context}")]
+    Usage {
+        /// What was wrong.
+        context: &'static str,
+    },
+}
+
+type Result<T> = core::result::Result<T, NetError>;
+
+fn setup_error(
+    context: &'static str,
+    addr: impl core::fmt::Display,
+    source: io::Error,
+) -> NetError {
+    NetError::Setup {
+        context,
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+/// Sets `TCP_NODELAY` and, on Linux, `TCP_QUICKACK` (dllama's `setNoDelay` + `setQuickAck`).
+fn configure(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    set_quick_ack(stream.as_raw_fd())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_quick_ack(fd: RawFd) -> io::Result<()> {
+    let value: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call; the
+    // option value points to a live c_int and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&value as *const libc::c_int).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_quick_ack(_fd: RawFd) -> io::Result<()> {
+    // dllama only sets it where TCP_QUICKACK exists.
+    Ok(())
+}
+
+/// One `send` of at most [`MAX_CHUNK_SIZE`] bytes that never blocks; `Ok(None)` = would block.
+fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<Option<usize>> {
+    let len = data.len().min(MAX_CHUNK_SIZE);
+    loop {
+        // SAFETY: `data` is a live slice of at least `len` bytes for the duration of the call and
+        // `fd` is an open socket owned by the Network.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                len,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// One `recv` that never blocks; `Ok(None)` = would block, `Ok(Some(0))` = closed.
+fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: `buf` is a live, exclusively borrowed slice of `buf.len()` writable bytes and
+        // `fd` is an open socket owned by the Network.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Sleeps until one of `fds` is ready for what is asked of it.
+fn poll_fds(fds: &mut [libc::pollfd]) -> io::Result<()> {
+    loop {
+        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Process CPU time (what C's `clock()` measures, which dllama's turbo timeout uses).
+pub fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec the call writes into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// One connection: the stream, bytes read ahead while decoding a message, and byte counters.
+#[derive(Debug)]
+struct Connection {
+    stream: TcpStream,
+    peer: Peer,
+    /// Bytes received but not yet consumed (only ever filled while decoding a config
+    /// message; every read drains it first).
+    ahead: Vec<u8>,
+    ahead_start: usize,
+    sent: u64,
+    received: u64,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: Peer) -> Result<Connection> {
+        configure(&stream).map_err(|source| NetError::Io {
+            context: "configuring socket",
+            peer,
+            source,
+        })?;
+        Ok(Connection {
+            stream,
+            peer,
+            ahead: Vec::new(),
+            ahead_start: 0,
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    fn io(&self, context: &'static str, source: io::Error) -> NetError {
+        NetError::Io {
+            context,
+            peer: self.peer,
+            source,
+        }
+    }
+
+    /// Copies read-ahead bytes into `dst`; returns how many.
+    fn take_ahead(&mut self, dst: &mut [u8]) -> usize {
+        let avail = self.ahead.get(self.ahead_start..).unwrap_or(&[]);
+        let n = avail.len().min(dst.len());
+        if let (Some(d), Some(s)) = (dst.get_mut(..n), avail.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        self.ahead_start += n;
+        if self.ahead_start >= self.ahead.len() {
+            self.ahead.clear();
+            self.ahead_start = 0;
+        }
+        n
+    }
+
+    /// One read of whatever is available (blocking unless the socket is non-blocking).
+    fn read_some(&mut self, buf: &mut [u8], context: &'static str) -> Result<Option<usize>> {
+        let n = self.take_ahead(buf);
+        if n > 0 {
+            return Ok(Some(n));
+        }
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) if !buf.is_empty() => {
+                    return Err(NetError::Closed {
+                        context,
+                        peer: self.peer,
+                    });
+                }
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(self.io(context, e)),
+            }
+        }
+    }
+
+    /// dllama's `tryReadSocket`: reads all of `buf`; with `max_attempts > 0` gives up (false)
+    /// after that many would-blocks as long as no byte has arrived.
+    fn try_read_exact(
+        &mut self,
+        buf: &mut [u8],
+        mut max_attempts: u64,
+        context: &'static str,
+    ) -> Result<bool> {
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..) {
+            if rest.is_empty() {
+                break;
+            }
+            match self.read_some(rest, context)? {
+                Some(n) => done += n,
+                None => {
+                    if done == 0 && max_attempts > 0 {
+                        max_attempts -= 1;
+                        if max_attempts == 0 {
+                            return Ok(false);
+                        }
+                    }
+                    core::hint::spin_loop();
+                }
+            }
+        }
+        self.received += buf.len() as u64;
+        Ok(true)
+    }
+
+    /// dllama's `NnNetwork::write`: 4096-byte chunks, spinning on would-block in turbo mode.
+    fn write_chunks(&mut self, data: &[u8], context: &'static str) -> Result<()> {
+        for chunk in data.chunks(MAX_CHUNK_SIZE) {
+            let mut done = 0;
+            while let Some(rest) = chunk.get(done..) {
+                if rest.is_empty() {
+                    break;
+                }
+                match self.stream.write(rest) {
+                    Ok(0) => {
+                        return Err(NetError::Closed {
+                            context,
+                            peer: self.peer,
+                        });
+                    }
+                    Ok(n) => done += n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                        ) =>
+                    {
+                        core::hint::spin_loop()
+                    }
+                    Err(e) => return Err(self.io(context, e)),
+                }
+            }
+        }
+        self.sent += data.len() as u64;
+        Ok(())
+    }
+
+    /// Decodes one message with `decode`, reading more whenever it reports truncation. Never
+    /// buffers more than [`MAX_CONFIG_MESSAGE_BYTES`]; bytes read past the message stay in
+    /// `ahead` for the next read.
+    fn read_message<T>(
+        &mut self,
+        context: &'static str,
+        mut decode: impl FnMut(&[u8]) -> core::result::Result<(T, usize), DecodeError>,
+    ) -> Result<T> {
+        // Start from any read-ahead bytes.
+        let mut buf: Vec<u8> = self.ahead.get(self.ahead_start..).unwrap_or(&[]).to_vec();
+        self.ahead.clear();
+        self.ahead_start = 0;
+        loop {
+            match decode(&buf) {
+                Ok((message, used)) => {
+                    let extra = buf.get(used..).unwrap_or(&[]);
+                    self.ahead.extend_from_slice(extra);
+                    self.received += used as u64;
+                    return Ok(message);
+                }
+                Err(e) => {
+                    let Some(needed) = e.needed() else {
+                        return Err(NetError::Decode {
+                            peer: self.peer,
+                            source: e,
+                        });
+                    };
+                    let want = buf.len().saturating_add(needed);
+                    if want > MAX_CONFIG_MESSAGE_BYTES {
+                        return Err(NetError::Decode {
+                            peer: self.peer,
+                            source: DecodeError::LimitExceeded {
+                                context,
+                                value: want as u64,
+                                limit: MAX_CONFIG_MESSAGE_BYTES as u64,
+                            },
+                        });
+                    }
+                    // Read at least what is missing, and whatever else is already there (up to
+                    // 64 KiB), so a long message is not re-parsed once per field.
+                    let start = buf.len();
+                    let room = needed.max(64 << 10).min(MAX_CONFIG_MESSAGE_BYTES - start);
+                    buf.resize(start + room, 0);
+                    let mut got = 0;
+                    while got < needed {
+                        let Some(dst) = buf.get_mut(start + got..) else {
+                            break;
+                        };
+                        match self.stream.read(dst) {
+                            Ok(0) => {
+                                return Err(NetError::Closed {
+                                    context,
+                                    peer: self.peer,
+                                });
+                            }
+                            Ok(n) => got += n,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                                ) =>
+                            {
+                                core::hint::spin_loop()
+                            }
+                            Err(e) => return Err(self.io(context, e)),
+                        }
+                    }
+                    buf.truncate(start + got);
+                }
+            }
+        }
+    }
+}
+
+/// A node's connections, indexed as dllama indexes its sockets (see [`crate::plan`]).
+#[derive(Debug)]
+pub struct Network {
+    conns: Vec<Connection>,
+    turbo: bool,
+}
+
+/// What one connection sends in an [`Network::exchange`]: the same `data` to each listed
+/// connection.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Bytes to send.
+    pub data: &'a [u8],
+    /// Connections that get a copy.
+    pub connections: core::ops::Range<u32>,
+}
+
+impl Network {
+    fn new(conns: Vec<Connection>) -> Network {
+        Network {
+            conns,
+            turbo: false,
+        }
+    }
+
+    /// Number of connections (`nNodes - 1`).
+    pub fn n_connections(&self) -> u32 {
+        self.conns.len() as u32
+    }
+
+    /// The peer behind a connection.
+    pub fn peer(&self, connection: u32) -> Option<Peer> {
+        self.conns.get(connection as usize).map(|c| c.peer)
+    }
+
+    fn conn(&mut self, connection: u32) -> Result<&mut Connection> {
+        self.conns
+            .get_mut(connection as usize)
+            .ok_or(NetError::Usage {
+                context: "connection index out of range",
+            })
+    }
+
+    /// dllama's `setTurbo`: non-blocking sockets (spin) when on, blocking when off.
+    pub fn set_turbo(&mut self, enabled: bool) -> Result<()> {
+        for c in &self.conns {
+            c.stream
+                .set_nonblocking(enabled)
+                .map_err(|e| c.io("switching turbo mode", e))?;
+        }
+        self.turbo = enabled;
+        Ok(())
+    }
+
+    /// Whether the sockets are non-blocking.
+    pub fn is_turbo(&self) -> bool {
+        self.turbo
+    }
+
+    /// Writes `data` to one connection in 4096-byte chunks.
+    pub fn write(&mut self, connection: u32, data: &[u8]) -> Result<()> {
+        self.conn(connection)?.write_chunks(data, "write")
+    }
+
+    /// Reads exactly `buf.len()` bytes from one connection.
+    pub fn read_exact(&mut self, connection: u32, buf: &mut [u8]) -> Result<()> {
+        self.conn(connection)?.try_read_exact(buf, 0, "read")?;
+        Ok(())
+    }
+
+    /// dllama's `tryReadWithMaxAttempts`: false when, in turbo mode, `max_attempts`
+    /// would-blocks passed before the first byte arrived (0 = wait forever).
+    pub fn try_read_exact(
+        &mut self,
+        connection: u32,
+        buf: &mut [u8],
+        max_attempts: u64,
+    ) -> Result<bool> {
+        self.conn(connection)?
+            .try_read_exact(buf, max_attempts, "read")
+    }
+
+    /// Sends an ACK.
+    pub fn write_ack(&mut self, connection: u32) -> Result<()> {
+        self.conn(connection)?
+            .write_chunks(&ACK.to_le_bytes(), "writing ACK")
+    }
+
+    /// Reads an ACK; anything else is a decode error.
+    pub fn read_ack(&mut self, connection: u32) -> Result<()> {
+        let c = self.conn(connection)?;
+        let mut word = [0u8; 4];
+        c.try_read_exact(&mut word, 0, "reading ACK")?;
+        crate::messages::decode_ack(&word).map_err(|source| NetError::Decode {
+            peer: c.peer,
+            source,
+        })
+    }
+
+    /// Reads one message whose length is only known by decoding it (handshake, configs, weight
+    /// headers), with `decode` a `decode_prefix` function.
+    pub fn read_message<T>(
+        &mut self,
+        connection: u32,
+        decode: impl FnMut(&[u8]) -> core::result::Result<(T, usize), DecodeError>,
+    ) -> Result<T> {
+        self.conn(connection)?.read_message("message", decode)
+    }
+
+    /// Writes `outgoing.data` to each of its connections and fills every `incoming` buffer from
+    /// its connection, all at once: sends go out in 4096-byte chunks round-robin (dllama's
+    /// `writeMany`), reads proceed meanwhile (dllama's `readMany` runs after the writes; doing
+    /// both together keeps the bytes per connection identical and cannot deadlock).
+    pub fn exchange(
+        &mut self,
+        outgoing: Option<Outgoing<'_>>,
+        incoming: &mut [(u32, &mut [u8])],
+    ) -> Result<()> {
+        let n = self.conns.len();
+        let (out_data, out_range) = match outgoing {
+            Some(o) => (o.data, o.connections),
+            None => (&[][..], 0..0),
+        };
+        if out_range.end as usize > n || incoming.iter().any(|(c, _)| *c as usize >= n) {
+            return Err(NetError::Usage {
+                context: "exchange connection out of range",
+            });
+        }
+        let mut out_pos: Vec<usize> = vec![0; out_range.len()];
+        let mut in_pos: Vec<usize> = vec![0; incoming.len()];
+        // Read-ahead bytes first.
+        for ((c, buf), pos) in incoming.iter_mut().zip(in_pos.iter_mut()) {
+            if let Some(conn) = self.conns.get_mut(*c as usize) {
+                *pos += conn.take_ahead(buf);
+            }
+        }
+        loop {
+            let mut pending = false;
+            let mut progress = false;
+            for (i, c) in out_range.clone().enumerate() {
+                let (Some(pos), Some(conn)) = (out_pos.get_mut(i), self.conns.get_mut(c as usize))
+                else {
+                    continue;
+                };
+                let Some(rest) = out_data.get(*pos..).filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                pending = true;
+                match send_nonblocking(conn.stream.as_raw_fd(), rest) {
+                    Ok(Some(0)) => {
+                        return Err(NetError::Closed {
+                            context: "sync write",
+                            peer: conn.peer,
+                        });
+                    }
+                    Ok(Some(k)) => {
+                        *pos += k;
+                        progress = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(conn.io("sync write", e)),
+                }
+            }
+            for ((c, buf), pos) in incoming.iter_mut().zip(in_pos.iter_mut()) {
+                let Some(conn) = self.conns.get_mut(*c as usize) else {
+                    continue;
+                };
+                let Some(rest) = buf.get_mut(*pos..).filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                pending = true;
+                match recv_nonblocking(conn.stream.as_raw_fd(), rest) {
+                    Ok(Some(0)) => {
+                        return Err(NetError::Closed {
+                            context: "sync read",
+                            peer: conn.peer,
+                        });
+                    }
+                    Ok(Some(k)) => {
+                        *pos += k;
+                        progress = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(conn.io("sync read", e)),
+                }
+            }
+            if !pending {
+                break;
+            }
+            if !progress {
+                if self.turbo {
+                    core::hint::spin_loop();
+                } else {
+                    let mut fds = Vec::with_capacity(n);
+                    for (i, c) in out_range.clone().enumerate() {
+                        let waiting = out_pos.get(i).is_some_and(|p| *p < out_data.len());
+                        if let (true, Some(conn)) = (waiting, self.conns.get(c as usize)) {
+                            fds.push(libc::pollfd {
+                                fd: conn.stream.as_raw_fd(),
+                                events: libc::POLLOUT,
+                                revents: 0,
+                            });
+                        }
+                    }
+                    for ((c, buf), pos) in incoming.iter().zip(in_pos.iter()) {
+                        if let (true, Some(conn)) = (*pos < buf.len(), self.conns.get(*c as usize))
+                        {
+                            fds.push(libc::pollfd {
+                                fd: conn.stream.as_raw_fd(),
+                                events: libc::POLLIN,
+                                revents: 0,
+                            });
+                        }
+                    }
+                    poll_fds(&mut fds).map_err(|e| NetError::Setup {
+                        context: "poll",
+                        addr: String::from("sync sockets"),
+                        source: e,
+                    })?;
+                }
+            }
+        }
+        for c in out_range {
+            if let Some(conn) = self.conns.get_mut(c as usize) {
+                conn.sent += out_data.len() as u64;
+            }
+        }
+        for (c, buf) in incoming.iter() {
+            if let Some(conn) = self.conns.get_mut(*c as usize) {
+                conn.received += buf.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// dllama's `writeAll`: the same bytes to every connection (the root's control packets).
+    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        let connections = 0..self.n_connections();
+        self.exchange(Some(Outgoing { data, connections }), &mut [])
+    }
+
+    /// Runs one [`SyncStep`] over `pipe` (the whole pipe's memory): sends this node's bytes of
+    /// the step and fills the bytes the step receives.
+    pub fn sync_step(&mut self, step: &SyncStep, pipe: &mut [u8]) -> Result<()> {
+        let (send_offset, send_len, send_to) = step.sends();
+        let send_len = if send_to.is_empty() { 0 } else { send_len };
+        // Carve the pipe into the disjoint regions the step touches, in address order.
+        let mut regions: Vec<(u64, u64, Option<u32>)> = Vec::new();
+        if send_len > 0 {
+            regions.push((send_offset, send_len, None));
+        }
+        for t in step.receives() {
+            regions.push((t.offset, t.len, Some(t.connection)));
+        }
+        regions.sort_by_key(|r| r.0);
+        let mut rest: &mut [u8] = pipe;
+        let mut cursor = 0u64;
+        let mut send: &[u8] = &[];
+        let mut incoming: Vec<(u32, &mut [u8])> = Vec::new();
+        for (offset, len, recv_from) in regions {
+            let skip = offset.checked_sub(cursor).ok_or(NetError::Usage {
+                context: "overlapping sync regions",
+            })?;
+            let skip = usize::try_from(skip).map_err(|_| NetError::Usage {
+                context: "sync offset",
+            })?;
+            let len_usize = usize::try_from(len).map_err(|_| NetError::Usage {
+                context: "sync length",
+            })?;
+            let (_, tail) = rest.split_at_mut_checked(skip).ok_or(NetError::Usage {
+                context: "sync step does not fit the pipe buffer",
+            })?;
+            let (region, tail) = tail
+                .split_at_mut_checked(len_usize)
+                .ok_or(NetError::Usage {
+                    context: "sync step does not fit the pipe buffer",
+                })?;
+            match recv_from {
+                Some(c) => incoming.push((c, region)),
+                None => send = region,
+            }
+            rest = tail;
+            cursor = offset + len;
+        }
+        let outgoing = (send_len > 0).then_some(Outgoing {
+            data: send,
+            connections: send_to,
+        });
+        self.exchange(outgoing, &mut incoming)
+    }
+
+    /// Bytes sent and received per connection since the last reset (dllama's `getStats`).
+    pub fn stats(&self) -> Vec<(u64, u64)> {
+        self.conns.iter().map(|c| (c.sent, c.received)).collect()
+    }
+
+    /// Zeroes the byte counters.
+    pub fn reset_stats(&mut self) {
+        for c in &mut self.conns {
+            c.sent = 0;
+            c.received = 0;
+        }
+    }
+
+    /// The root side of dllama's `NnNetwork::connect`: connects to every worker in order,
+    /// sends each its handshake and reads its ACK, then sends every worker the root-ready ACK.
+    /// Connection `i` is worker `i` (node `i + 1`).
+    pub fn connect_to_workers(workers: &[PeerAddress]) -> Result<Network> {
+        let n_workers = u32::try_from(workers.len())
+            .ok()
+            .filter(|n| (1..=crate::limits::MAX_WORKERS).contains(n))
+            .ok_or(NetError::Usage {
+                context: "worker count out of range",
+            })?;
+        let mut conns = Vec::with_capacity(workers.len());
+        for (i, worker) in workers.iter().enumerate() {
+            let stream = connect(worker)?;
+            let peer = Peer {
+                connection: i as u32,
+                node: i as u32 + 1,
+            };
+            let mut conn = Connection::new(stream, peer)?;
+            let hello = Handshake {
+                n_workers,
+                worker_index: i as u32,
+                peers: workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, w)| w.clone())
+                    .collect(),
+            };
+            let mut bytes = Vec::new();
+            hello.encode(&mut bytes);
+            conn.write_chunks(&bytes, "writing handshake")?;
+            let mut word = [0u8; 4];
+            conn.try_read_exact(&mut word, 0, "reading handshake ACK")?;
+            crate::messages::decode_ack(&word)
+                .map_err(|source| NetError::Decode { peer, source })?;
+            conns.push(conn);
+        }
+        let mut network = Network::new(conns);
+        for i in 0..n_workers {
+            network.write_ack(i)?;
+        }
+        Ok(network)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // dllama's destroySocket: shutdown, then close (the drop of the stream).
+        for c in &self.conns {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// dllama's `connectSocket`: IPv4 only, first address the resolver gives.
+fn connect(peer: &PeerAddress) -> Result<TcpStream> {
+    let target = format!("{}:{}", peer.host, peer.port);
+    let addr = (peer.host.as_str(), peer.port)
+        .to_socket_addrs()
+        .map_err(|e| setup_error("resolving", &target, e))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| {
+            setup_error(
+                "resolving",
+                &target,
+                io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"),
+            )
+        })?;
+    TcpStream::connect(addr).map_err(|e| setup_error("connecting to", &target, e))
+}
+
+/// A worker's listening socket. It stays open across sessions: after a session ends, call
+/// [`Listener::accept_root`] again (dllama closes and re-creates it; keeping it means no window
+/// in which the root's connect is refused).
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+}
+
+impl Listener {
+    /// dllama's `createServerSocket`: an IPv4 address (`0.0.0.0` for all) and a port.
+    pub fn bind(host: &str, port: u16) -> Result<Listener> {
+        let ip: Ipv4Addr = host.parse().map_err(|_| {
+            setup_error(
+                "invalid bind host",
+                host,
+                io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 address"),
+            )
+        })?;
+        let addr = SocketAddrV4::new(ip, port);
+        let inner = TcpListener::bind(addr).map_err(|e| setup_error("binding", addr, e))?;
+        Ok(Listener { inner })
+    }
+
+    /// Wraps a bound std listener (tests bind port 0).
+    pub fn from_std(inner: TcpListener) -> Listener {
+        Listener { inner }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.inner
+            .local_addr()
+            .map_err(|e| setup_error("local address of", "listener", e))
+    }
+
+    fn accept(&self) -> Result<TcpStream> {
+        loop {
+            match self.inner.accept() {
+                Ok((stream, _)) => return Ok(stream),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(setup_error("accepting on", self.local_addr()?, e)),
+            }
+        }
+    }
+
+    /// dllama's `NnNetwork::serve` after the listen: accepts the root, reads the handshake,
+    /// ACKs it, waits for the root-ready ACK, then builds the mesh — for each other worker in
+    /// list order, connects to it if it is listed after this worker, else accepts the next
+    /// incoming connection (dllama cannot tell which worker connects; neither can we).
+    pub fn accept_root(&self) -> Result<WorkerSession> {
+        let root = self.accept()?;
+        let root_peer = Peer {
+            connection: 0,
+            node: 0,
+        };
+        let mut root = Connection::new(root, root_peer)?;
+        let hello = root.read_message("handshake", Handshake::decode_prefix)?;
+        root.write_chunks(&ACK.to_le_bytes(), "writing handshake ACK")?;
+        let mut word = [0u8; 4];
+        root.try_read_exact(&mut word, 0, "reading root-ready ACK")?;
+        crate::messages::decode_ack(&word).map_err(|source| NetError::Decode {
+            peer: root_peer,
+            source,
+        })?;
+        let node_index = hello.node_index();
+        let mut conns = vec![root];
+        for (i, peer_addr) in hello.peers.iter().enumerate() {
+            let i = i as u32;
+            let peer = Peer {
+                connection: i + 1,
+                node: connection_node(node_index, i + 1),
+            };
+            let stream = if hello.connects_to_peer(i) {
+                connect(peer_addr)?
+            } else {
+                self.accept()?
+            };
+            conns.push(Connection::new(stream, peer)?);
+        }
+        Ok(WorkerSession {
+            handshake: hello,
+            network: Network::new(conns),
+            weights_done: false,
+        })
+    }
+}
+
+/// A worker's session with a root, from the handshake to the stop packet. The methods follow
+/// `runWorkerApp`'s order: [`read_net_config`](Self::read_net_config),
+/// [`read_node_config`](Self::read_node_config), [`next_weight`](Self::next_weight) /
+/// [`read_weight_data`](Self::read_weight_data) until `None`, then a [`ControlReader`] and the
+/// syncs of each forward.
+#[derive(Debug)]
+pub struct WorkerSession {
+    /// What the root said in the handshake.
+    pub handshake: Handshake,
+    /// Connection 0 = root, then the other workers.
+    pub network: Network,
+    weights_done: bool,
+}
+
+impl WorkerSession {
+    fn root_peer(&self) -> Peer {
+        Peer {
+            connection: 0,
+            node: 0,
+        }
+    }
+
+    /// Reads the net config, checks it against the handshake (node count), and ACKs it.
+    pub fn read_net_config(&mut self) -> Result<NetConfig> {
+        let net = self.network.read_message(0, NetConfig::decode_prefix)?;
+        if net.n_nodes != self.handshake.n_workers + 1 {
+            return Err(NetError::Decode {
+                peer: self.root_peer(),
+                source: DecodeError::Inconsistent {
+                    context: "nNodes vs handshake worker count",
+                },
+            });
+        }
+        self.network.write_ack(0)?;
+        Ok(net)
+    }
+
+    /// Reads the node config, checks it against `net` and the handshake (node index), and ACKs
+    /// it.
+    pub fn read_node_config(&mut self, net: &NetConfig) -> Result<NodeConfig> {
+        let node = self
+            .network
+            .read_message(0, |b| NodeConfig::decode_prefix(b, net))?;
+        if node.node_index != self.handshake.node_index() {
+            return Err(NetError::Decode {
+                peer: self.root_peer(),
+                source: DecodeError::Inconsistent {
+                    context: "nodeIndex vs handshake worker index",
+                },
+            });
+        }
+        self.network.write_ack(0)?;
+        Ok(node)
+    }
+
+    /// Reads the next weight record header and checks it against `node` (the op exists, the
+    /// bytes fit its weight) before anything is read or allocated for its data. `None` after
+    /// the terminator, which this ACKs. The caller then reads exactly `n_bytes` with
+    /// [`read_weight_data`](Self::read_weight_data), typically straight into the op's weight.
+    pub fn next_weight(
+        &mut self,
+        node: &NodeConfig,
+    ) -> Result<Option<(WeightHeader, WeightTarget)>> {
+        if self.weights_done {
+            return Ok(None);
+        }
+        match self.network.read_message(0, WeightMessage::decode_prefix)? {
+            WeightMessage::End => {
+                self.weights_done = true;
+                self.network.write_ack(0)?;
+                Ok(None)
+            }
+            WeightMessage::Record(header) => {
+                let target = node
+                    .check_weight(&header)
+                    .map_err(|source| NetError::Decode {
+                        peer: self.root_peer(),
+                        source,
+                    })?;
+                Ok(Some((header, target)))
+            }
+        }
+    }
+
+    /// Reads a weight record's data (exactly `dst.len()` bytes, which must be the record's
+    /// `n_bytes`).
+    pub fn read_weight_data(&mut self, dst: &mut [u8]) -> Result<()> {
+        self.network.read_exact(0, dst)
+    }
+}
+
+/// Reads control packets as dllama's worker loop does, switching turbo mode: on after a
+/// forward packet (when enabled), off after [`TURBO_IDLE_CPU_TIME`] of process CPU time spent
+/// spinning without one.
+#[derive(Debug)]
+pub struct ControlReader {
+    turbo_allowed: bool,
+    idle_limit: Duration,
+    first_attempt: bool,
+    start: Duration,
+}
+
+impl ControlReader {
+    /// `turbo` = dllama's `--net-turbo` (default on).
+    pub fn new(turbo: bool) -> ControlReader {
+        ControlReader {
+            turbo_allowed: turbo,
+            idle_limit: TURBO_IDLE_CPU_TIME,
+            first_attempt: true,
+            start: Duration::ZERO,
+        }
+    }
+
+    /// Changes the idle CPU time after which turbo mode is left (tests).
+    pub fn with_idle_limit(mut self, limit: Duration) -> ControlReader {
+        self.idle_limit = limit;
+        self
+    }
+
+    /// Waits for the next control packet from the root and checks it against the configs. A
+    /// stop packet is returned as is (the session is then over: drop it and accept again).
+    pub fn next(
+        &mut self,
+        network: &mut Network,
+        net: &NetConfig,
+        node: &NodeConfig,
+    ) -> Result<ControlPacket> {
+        let mut bytes = [0u8; ControlPacket::WIRE_SIZE];
+        loop {
+            if self.first_attempt {
+                self.start = process_cpu_time();
+            }
+            if !network.try_read_exact(0, &mut bytes, CONTROL_READ_ATTEMPTS)? {
+                if network.is_turbo()
+                    && !self.first_attempt
+                    && process_cpu_time().saturating_sub(self.start) > self.idle_limit
+                {
+                    network.set_turbo(false)?;
+                }
+                self.first_attempt = false;
+                continue;
+            }
+            let root = Peer {
+                connection: 0,
+                node: 0,
+            };
+            let packet = ControlPacket::decode(&bytes)
+                .and_then(|p| p.check(net, node).map(|()| p))
+                .map_err(|source| NetError::Decode { peer: root, source })?;
+            if packet.is_stop() {
+                return Ok(packet);
+            }
+            if self.turbo_allowed && !network.is_turbo() {
+                network.set_turbo(true)?;
+            }
+            self.first_attempt = true;
+            return Ok(packet);
+        }
+    }
+}
