@@ -991,3 +991,148 @@ pub fn dequantize(
     }
     Ok(())
 }
+
+fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+}
+
+fn value_type(v: &GgufValue) -> GgufValueType {
+    match v {
+        GgufValue::U8(_) => GgufValueType::U8,
+        GgufValue::I8(_) => GgufValueType::I8,
+        GgufValue::U16(_) => GgufValueType::U16,
+        GgufValue::I16(_) => GgufValueType::I16,
+        GgufValue::U32(_) => GgufValueType::U32,
+        GgufValue::I32(_) => GgufValueType::I32,
+        GgufValue::F32(_) => GgufValueType::F32,
+        GgufValue::Bool(_) => GgufValueType::Bool,
+        GgufValue::String(_) => GgufValueType::String,
+        GgufValue::Array(_) => GgufValueType::Array,
+        GgufValue::U64(_) => GgufValueType::U64,
+        GgufValue::I64(_) => GgufValueType::I64,
+        GgufValue::F64(_) => GgufValueType::F64,
+    }
+}
+
+fn encode_value(out: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => out.push(*x),
+        GgufValue::I8(x) => out.push(*x as u8),
+        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::Bool(x) => out.push(u8::from(*x)),
+        GgufValue::String(s) => encode_string(out, s),
+        GgufValue::Array(a) => encode_array(out, a),
+        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+fn encode_array(out: &mut Vec<u8>, a: &GgufArray) {
+    macro_rules! fixed {
+        ($ty:expr, $v:expr) => {{
+            out.extend_from_slice(&($ty as u32).to_le_bytes());
+            out.extend_from_slice(&($v.len() as u64).to_le_bytes());
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }};
+    }
+    use GgufValueType as T;
+    match a {
+        GgufArray::U8(v) => fixed!(T::U8, v),
+        GgufArray::I8(v) => fixed!(T::I8, v),
+        GgufArray::U16(v) => fixed!(T::U16, v),
+        GgufArray::I16(v) => fixed!(T::I16, v),
+        GgufArray::U32(v) => fixed!(T::U32, v),
+        GgufArray::I32(v) => fixed!(T::I32, v),
+        GgufArray::F32(v) => fixed!(T::F32, v),
+        GgufArray::U64(v) => fixed!(T::U64, v),
+        GgufArray::I64(v) => fixed!(T::I64, v),
+        GgufArray::F64(v) => fixed!(T::F64, v),
+        GgufArray::Bool(v) => fixed!(T::Bool, v.iter().map(|&b| u8::from(b))),
+        GgufArray::String(v) => {
+            out.extend_from_slice(&(T::String as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            for s in v {
+                encode_string(out, s);
+            }
+        }
+        GgufArray::Array(v) => {
+            out.extend_from_slice(&(T::Array as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            for inner in v {
+                encode_array(out, inner);
+            }
+        }
+    }
+}
+
+impl GgufHeader {
+    /// Encodes the header (up to and including the zero padding before the tensor data).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            encode_string(&mut out, key.as_bytes());
+            out.extend_from_slice(&(value_type(value) as u32).to_le_bytes());
+            encode_value(&mut out, value);
+        }
+        for t in &self.tensors {
+            encode_string(&mut out, t.name.as_bytes());
+            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&t.ty.0.to_le_bytes());
+            out.extend_from_slice(&t.offset.to_le_bytes());
+        }
+        let padded = (out.len() as u64).div_ceil(self.alignment) * self.alignment;
+        out.resize(padded as usize, 0);
+        out
+    }
+}
+
+/// Fuzz oracle for the GGUF reader: any input either fails with an error or parses to a header
+/// whose encoding parses back to the same header (arrays compared after re-encoding, since NaN
+/// floats are not equal to themselves), with the data offset aligned and every tensor of known
+/// layout either inside the input or reported as outside it. Tensors that lie inside are
+/// dequantized when small. Panics only when an invariant breaks.
+pub fn fuzz_header(data: &[u8]) {
+    let Ok(header) = GgufHeader::parse(data) else {
+        return;
+    };
+    assert!(header.alignment.is_power_of_two());
+    assert_eq!(header.data_offset % header.alignment, 0);
+    let encoded = header.encode();
+    assert_eq!(
+        encoded.len() as u64,
+        header.data_offset,
+        "encoded length differs from data offset"
+    );
+    let again = GgufHeader::parse(&encoded).expect("an encoded header must parse");
+    assert_eq!(again.encode(), encoded, "re-encoding differs");
+    assert_eq!(again.tensors, header.tensors);
+    let file_len = data.len() as u64;
+    let mut out = Vec::new();
+    for t in &header.tensors {
+        let Ok(range) = header.tensor_range(t, file_len) else {
+            continue;
+        };
+        assert!(range.end <= file_len);
+        if t.ty.can_dequantize() && t.n_elements <= 1 << 16 {
+            out.clear();
+            out.resize(t.n_elements as usize, 0f32);
+            let bytes = &data[range.start as usize..range.end as usize];
+            dequantize(t.ty, bytes, &mut out).expect("a dequantizable type");
+        }
+    }
+}

@@ -413,6 +413,9 @@ impl ModelPlan {
 /// in cache-sized buffers.
 const CHUNK: usize = 1 << 16;
 
+/// Bytes around a finished tensor whose mapped pages are released with it (see [`write_model`]).
+const RELEASE_MARGIN: u64 = 1 << 20;
+
 /// Writes the `.m` file for `plan` from `gguf` to `out`, tensor by tensor. `progress` gets the
 /// number of bytes written so far and the tensor being written. Returns the bytes written.
 pub fn write_model<W: Write>(
@@ -447,10 +450,26 @@ pub fn write_model<W: Write>(
             }
             out.write_all(&bytes)?;
             written += bytes.len() as u64;
+            // Drop the source pages of this chunk already (a big embedding would otherwise stay
+            // mapped until its end).
+            if let (Ok(range), Some((block, size))) = (
+                gguf.header().tensor_range(&t.source, gguf.file_len()),
+                t.source.ty.block_layout(),
+            ) {
+                let from = range.start + start / block * size;
+                let to = range.start + (start + n as u64) / block * size;
+                gguf.release(from.saturating_sub(RELEASE_MARGIN)..to);
+            }
             start += n as u64;
         }
         if let Ok(range) = gguf.header().tensor_range(&t.source, gguf.file_len()) {
-            gguf.release(range);
+            // Page faults map neighbouring cached pages too ("fault-around"), and the GGUF's
+            // tensor order differs from dllama's, so release a margin around the tensor as well:
+            // that catches the spill into neighbours that were already released.
+            gguf.release(
+                range.start.saturating_sub(RELEASE_MARGIN)
+                    ..range.end.saturating_add(RELEASE_MARGIN),
+            );
         }
     }
     if let Some(last) = plan.tensors.last() {
