@@ -52,7 +52,11 @@ impl Handshake {
 
     /// The node index of `peers[i]`: the list skips this worker.
     pub fn peer_node_index(&self, i: u32) -> u32 {
-        if i < self.worker_index { i + 1 } else { i + 2 }
+        if i < self.worker_index {
+            i.saturating_add(1)
+        } else {
+            i.saturating_add(2)
+        }
     }
 
     /// Whether this worker connects to `peers[i]` (true) or accepts it (false): dllama's

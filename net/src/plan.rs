@@ -122,7 +122,7 @@ impl SyncStep {
 /// The node a connection of `node_index` leads to (dllama's `sliceIndex`).
 pub fn connection_node(node_index: u32, connection: u32) -> u32 {
     if connection >= node_index {
-        connection + 1
+        connection.saturating_add(1)
     } else {
         connection
     }
