@@ -22,19 +22,13 @@ pub struct Q40Block {
 }
 
 /// 32 eight-bit activations: value `j` is `qs[j] * d`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Q80Block {
     /// The scale, as raw IEEE binary16 bits.
     pub d: [u8; 2],
     /// The 32 signed codes.
     pub qs: [i8; 32],
-}
-
-impl Default for Q80Block {
-    fn default() -> Self {
-        Q80Block { d: [0; 2], qs: [0; 32] }
-    }
 }
 
 const _: () = assert!(core::mem::size_of::<Q40Block>() == 18);
@@ -96,7 +90,7 @@ impl FloatType {
             FloatType::F32 => n.checked_mul(4),
             FloatType::F16 => n.checked_mul(2),
             FloatType::Q40 | FloatType::Q80 => {
-                if n % BLOCK_SIZE as u64 != 0 {
+                if !n.is_multiple_of(BLOCK_SIZE as u64) {
                     return None;
                 }
                 let per = if matches!(self, FloatType::Q40) { 18 } else { 34 };
