@@ -2,4 +2,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_code)]
 
+pub mod executor;
+pub mod worker;
 pub mod replay;

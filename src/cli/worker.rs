@@ -1,11 +1,51 @@
-//! (to be written)
+//! `airllama worker`: serve a dllama root as a worker node (drop-in for `dllama worker`).
+use std::io::Write;
 use std::process::ExitCode;
 
-/// Flags of this subcommand.
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use airllama::worker::{WorkerOptions, available_memory, serve};
+use airllama_kernels::backend::Backend;
 
-/// Runs the subcommand.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not written yet")
+/// Flags of this subcommand (dllama's names and defaults).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// IPv4 address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = 9990)]
+    pub port: u16,
+    /// Threads per op (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub nthreads: u32,
+    /// 1: spin on non-blocking sockets while forwards keep coming (dllama's turbo mode); 0: block.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub net_turbo: u8,
+}
+
+/// Runs the subcommand: serves until the port cannot be bound.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let backend = Backend::detect();
+    let limit = std::env::var("AIRLLAMA_ISA").ok();
+    let options = WorkerOptions {
+        host: args.host,
+        port: args.port,
+        n_threads: args.nthreads as usize,
+        turbo: args.net_turbo == 1,
+        backend,
+        max_memory: available_memory().unwrap_or(u64::MAX),
+    };
+    let mut log = |line: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    match limit {
+        Some(l) => log(&format!(
+            "CPU kernels: {} (AIRLLAMA_ISA={l})",
+            backend.isa()
+        )),
+        None => log(&format!("CPU kernels: {}", backend.isa())),
+    }
+    serve(&options, &mut log)?;
+    Ok(ExitCode::SUCCESS)
 }

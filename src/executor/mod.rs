@@ -1,0 +1,465 @@
+//! The executor: runs one node's part of a dllama graph, as `NnExecutor` + `NnCpuDevice` do.
+//!
+//! [`Executor::new`] takes the decoded [`NetConfig`] and [`NodeConfig`], allocates every pipe,
+//! buffer and op weight (zeroed, 64-byte aligned), binds each op to its kernel once (op code ×
+//! float types → a typed [`plan::Kernel`] with validated shapes and resolved row views) and
+//! starts a persistent [`ThreadPool`]. [`Executor::forward`] then runs the segments in order:
+//! each op as one job on all threads (the pool's completion is dllama's per-step barrier), and
+//! after a segment's ops its pipe syncs through a [`Synchronizer`] (the network, in a worker).
+//!
+//! Weights from the root are written straight into the op's weight storage
+//! ([`Executor::weight_mut`]), as dllama's `loadWeight` does with its own copy.
+//!
+//! ```no_run
+//! # fn demo(net: airllama_net::NetConfig, node: airllama_net::NodeConfig) -> Result<(), airllama::executor::ExecutorError> {
+//! use airllama::executor::{Executor, ExecutorOptions, NoSync};
+//! use airllama_kernels::backend::Backend;
+//! let mut exec = Executor::new(&net, &node, &ExecutorOptions::new(Backend::detect(), 2))?;
+//! exec.forward(0, 1, &mut NoSync)?;
+//! # Ok(()) }
+//! ```
+mod memory;
+mod ops;
+mod plan;
+
+use std::sync::Mutex;
+
+use airllama_kernels::backend::Backend;
+use airllama_kernels::block::FloatType;
+use airllama_kernels::ops::{RopeKind, RopeScaling, RopeSlice, fill_rope_cache};
+use airllama_kernels::parallel::{MAX_THREADS, ThreadPool};
+use airllama_net::{NetConfig, NodeConfig, RopeType, SyncPlan, SyncStep, WeightTarget};
+
+use memory::{Slab, view_mut};
+use plan::{Binder, OpPlan, SlotInfo};
+
+/// Why an executor could not be built or a forward failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecutorError {
+    /// An op's config cannot be run (bad shape, type, index or aliasing).
+    #[error("op {op} (layer {layer}): {what}")]
+    BadOp {
+        /// Op name.
+        op: String,
+        /// Layer index.
+        layer: u32,
+        /// What is wrong.
+        what: String,
+    },
+    /// The node or net config as a whole is unusable.
+    #[error("config: {0}")]
+    BadConfig(String),
+    /// The node needs more memory than allowed or available.
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// How much.
+        bytes: u64,
+    },
+    /// A slot or weight could not be viewed as its element type (length or alignment).
+    #[error("storage cannot be viewed as {0}")]
+    Layout(&'static str),
+    /// An op failed while running (a data-dependent check, e.g. a position or expert index).
+    #[error("op {op} (layer {layer}) failed: {what}")]
+    OpFailed {
+        /// Op name.
+        op: String,
+        /// Layer index.
+        layer: u32,
+        /// What happened.
+        what: String,
+    },
+    /// A forward was asked for with a batch or position the graph cannot hold.
+    #[error("forward at position {position} with batch {batch}: {what}")]
+    BadForward {
+        /// Position.
+        position: u32,
+        /// Batch size.
+        batch: u32,
+        /// Why.
+        what: &'static str,
+    },
+    /// A weight record does not fit its op.
+    #[error("weight for op {op}: bytes {start}..{end} exceed its {len} bytes")]
+    BadWeight {
+        /// Op name.
+        op: String,
+        /// Start offset.
+        start: u64,
+        /// End offset.
+        end: u64,
+        /// Weight size.
+        len: usize,
+    },
+    /// The thread pool could not start.
+    #[error("cannot start {0} threads")]
+    Threads(usize),
+    /// Synchronising a pipe with the other nodes failed.
+    #[error("sync of pipe {pipe} failed: {source}")]
+    Sync {
+        /// Pipe index.
+        pipe: u32,
+        /// The transport's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Moves pipe bytes between nodes for one sync step (the worker's network).
+pub trait Synchronizer {
+    /// Runs `step` on `pipe` (the whole pipe's bytes): sends this node's part, receives the rest.
+    fn sync(
+        &mut self,
+        step: &SyncStep,
+        pipe: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// A synchronizer for a single node: there is nothing to sync (dllama's
+/// `NnFakeNodeSynchronizer`). A multi-node graph run with it fails at its first sync.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSync;
+
+impl Synchronizer for NoSync {
+    fn sync(
+        &mut self,
+        _: &SyncStep,
+        _: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Err("this node has no network to sync with".into())
+    }
+}
+
+/// How to build an executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The instruction set every kernel runs with.
+    pub backend: Backend,
+    /// Threads per op (1..=[`MAX_THREADS`]).
+    pub n_threads: usize,
+    /// Most bytes of pipes, buffers and weights this node may allocate.
+    pub max_memory: u64,
+}
+
+impl ExecutorOptions {
+    /// Options with no memory cap beyond what the allocator grants.
+    pub fn new(backend: Backend, n_threads: usize) -> ExecutorOptions {
+        ExecutorOptions {
+            backend,
+            n_threads,
+            max_memory: u64::MAX,
+        }
+    }
+}
+
+/// One step of a forward.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Run op `ops[i]`.
+    Op(usize),
+    /// Sync the pipes of segment `s`.
+    Sync(u32),
+}
+
+/// A node's graph, bound and allocated, ready to run forwards.
+pub struct Executor {
+    backend: Backend,
+    pool: ThreadPool,
+    /// Pipes (indexes `0..n_pipes`) then buffers.
+    slots: Vec<Slab>,
+    n_pipes: usize,
+    ops: Vec<OpPlan>,
+    weights: Vec<Slab>,
+    /// `op_index[segment][op]` = index into `ops`.
+    op_index: Vec<Vec<usize>>,
+    steps: Vec<Step>,
+    sync_plan: SyncPlan,
+    n_batches: u32,
+    /// Largest `position + batch` every position-dependent op accepts.
+    position_limit: u64,
+    scratch: Vec<Mutex<Vec<f32>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("backend", &self.backend)
+            .field("threads", &self.pool.n_threads())
+            .field("ops", &self.ops.len())
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Executor {
+    /// Validates and binds the graph, allocates its memory and starts the threads.
+    pub fn new(
+        net: &NetConfig,
+        node: &NodeConfig,
+        options: &ExecutorOptions,
+    ) -> Result<Executor, ExecutorError> {
+        if options.n_threads == 0 || options.n_threads > MAX_THREADS {
+            return Err(ExecutorError::Threads(options.n_threads));
+        }
+        let required = node.required_memory(net);
+        if required > options.max_memory {
+            return Err(ExecutorError::OutOfMemory {
+                what: "the node (pipes, buffers and weights)".into(),
+                bytes: required,
+            });
+        }
+        let sync_plan =
+            SyncPlan::new(net, node).map_err(|e| ExecutorError::BadConfig(e.to_string()))?;
+        let mut infos = Vec::new();
+        for (name, size) in net
+            .pipes
+            .iter()
+            .map(|p| (&p.name, p.size))
+            .chain(node.buffers.iter().map(|b| (&b.name, b.size)))
+        {
+            let float_type = size
+                .float_type()
+                .and_then(plan::kernel_type)
+                .ok_or_else(|| ExecutorError::BadConfig(format!("{name} has no type")))?;
+            let elements = match float_type {
+                FloatType::F32 => size.n_bytes() / 4,
+                FloatType::Q80 => size.n_bytes() / 34,
+                FloatType::F16 => size.n_bytes() / 2,
+                FloatType::Q40 => size.n_bytes() / 18,
+            };
+            let elements = usize::try_from(elements)
+                .map_err(|_| ExecutorError::BadConfig(format!("{name} is too large")))?;
+            infos.push(SlotInfo {
+                name: name.clone(),
+                size,
+                float_type,
+                elements,
+            });
+        }
+        if infos.first().is_none_or(|p| {
+            p.float_type != FloatType::F32 || p.size.length() < u64::from(net.n_batches)
+        }) {
+            return Err(ExecutorError::BadConfig(
+                "pipe 0 must hold nBatches F32 positions".into(),
+            ));
+        }
+        let binder = Binder {
+            net,
+            node,
+            slots: &infos,
+        };
+        let mut ops = Vec::new();
+        let mut op_index = Vec::new();
+        let mut steps = Vec::new();
+        let multi_node = net.n_nodes > 1;
+        for (s, segment) in node.segments.iter().enumerate() {
+            let mut indexes = Vec::new();
+            for op in &segment.ops {
+                indexes.push(ops.len());
+                steps.push(Step::Op(ops.len()));
+                ops.push(binder.bind(op)?);
+            }
+            op_index.push(indexes);
+            if multi_node && !segment.syncs.is_empty() {
+                steps.push(Step::Sync(s as u32));
+            }
+        }
+        let mut position_limit = u64::MAX;
+        for op in &ops {
+            match op.kernel {
+                plan::Kernel::Rope { seq_len, .. } | plan::Kernel::MultiHeadAtt { seq_len, .. } => {
+                    position_limit = position_limit.min(seq_len as u64);
+                }
+                plan::Kernel::Shift { .. } => {
+                    position_limit = position_limit.min((op.output.len / op.input.x.max(1)) as u64);
+                }
+                _ => {}
+            }
+        }
+        let mut slots = Vec::with_capacity(infos.len());
+        for info in &infos {
+            slots.push(Slab::zeroed(info.size.n_bytes(), &info.name)?);
+        }
+        let mut weights = Vec::with_capacity(ops.len());
+        for op in &ops {
+            weights.push(Slab::zeroed(op.weight_size.n_bytes(), &op.name)?);
+        }
+        let pool = ThreadPool::new(options.n_threads)
+            .map_err(|_| ExecutorError::Threads(options.n_threads))?;
+        let scratch = (0..options.n_threads)
+            .map(|_| Mutex::new(Vec::new()))
+            .collect();
+        let mut executor = Executor {
+            backend: options.backend,
+            pool,
+            slots,
+            n_pipes: net.pipes.len(),
+            ops,
+            weights,
+            op_index,
+            steps,
+            sync_plan,
+            n_batches: net.n_batches,
+            position_limit,
+            scratch,
+        };
+        executor.fill_rope_caches()?;
+        Ok(executor)
+    }
+
+    /// Fills each rope cache buffer once, from the first ROPE op that uses it (dllama's
+    /// `initRopeForward_F32` with its buffer flags).
+    fn fill_rope_caches(&mut self) -> Result<(), ExecutorError> {
+        let mut filled = vec![false; self.slots.len()];
+        for op in &self.ops {
+            let (Some(c), plan::Kernel::Rope { cache, .. }) = (op.rope_init, &op.kernel) else {
+                continue;
+            };
+            if filled[*cache] {
+                continue;
+            }
+            filled[*cache] = true;
+            let kind = match c.rope_type {
+                RopeType::Llama => RopeKind::Llama,
+                RopeType::Falcon => RopeKind::Falcon,
+                RopeType::Llama3_1 => RopeKind::Llama31,
+            };
+            let s = &c.slice;
+            let slice = RopeSlice {
+                q_dim0: s.q_dim0,
+                q_dim_start: s.q_dim_start,
+                q_dim_end: s.q_dim_end,
+                q_shift: s.q_shift,
+                kv_dim: s.kv_dim,
+                kv_dim0: s.kv_dim0,
+                kv_dim_start: s.kv_dim_start,
+                slice_dim: s.slice_dim,
+                seq_len: s.seq_len,
+                head_dim: s.head_dim,
+                n_kv_heads: s.n_kv_heads,
+                theta: s.rope_theta,
+            };
+            let scaling = RopeScaling {
+                factor: c.rope_scaling_factor,
+                low_freq_factor: c.rope_scaling_low_freq_factor,
+                high_freq_factor: c.rope_scaling_high_freq_factor,
+                orig_max_seq_len: c.rope_scaling_orig_max_seq_len,
+            };
+            let len = slice
+                .cache_len(kind)
+                .ok_or_else(|| bad_rope(op, "cache size overflows"))?;
+            let all = view_mut::<f32>(self.slots[*cache].bytes_mut())?;
+            let target = all
+                .get_mut(..len)
+                .ok_or_else(|| bad_rope(op, "cache buffer too small"))?;
+            fill_rope_cache(self.backend, kind, &slice, &scaling, target)
+                .map_err(|e| bad_rope(op, &e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The backend the kernels run with.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Threads per op.
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// The storage of the op a checked weight record names, `target.offset ..` for
+    /// `target.n_bytes`: the transport reads the record's data straight into it.
+    pub fn weight_mut(&mut self, target: &WeightTarget) -> Result<&mut [u8], ExecutorError> {
+        let op = self
+            .op_index
+            .get(target.segment as usize)
+            .and_then(|s| s.get(target.op as usize))
+            .copied()
+            .ok_or_else(|| ExecutorError::BadConfig("weight record names no op".into()))?;
+        let weight = &mut self.weights[op];
+        let len = weight.len();
+        let end = target.offset.checked_add(target.n_bytes);
+        match end {
+            Some(end) if end <= len as u64 => {
+                Ok(&mut weight.bytes_mut()[target.offset as usize..end as usize])
+            }
+            _ => Err(ExecutorError::BadWeight {
+                op: self.ops[op].name.clone(),
+                start: target.offset,
+                end: end.unwrap_or(u64::MAX),
+                len,
+            }),
+        }
+    }
+
+    /// Pipe `index`'s bytes (e.g. for a root writing its input rows).
+    pub fn pipe_mut(&mut self, index: usize) -> Option<&mut [u8]> {
+        (index < self.n_pipes).then(|| self.slots[index].bytes_mut())
+    }
+
+    /// Runs one forward of `batch` items at positions `position..position + batch`: fills the
+    /// position pipe (pipe 0, as dllama's worker does), then every op and sync in order.
+    pub fn forward(
+        &mut self,
+        position: u32,
+        batch: u32,
+        sync: &mut dyn Synchronizer,
+    ) -> Result<(), ExecutorError> {
+        let bad = |what| ExecutorError::BadForward {
+            position,
+            batch,
+            what,
+        };
+        if batch == 0 || batch > self.n_batches {
+            return Err(bad("batch size must be 1..=nBatches"));
+        }
+        if u64::from(position) + u64::from(batch) > self.position_limit {
+            return Err(bad("positions past the end of the context"));
+        }
+        {
+            let positions = view_mut::<f32>(self.slots[0].bytes_mut())?;
+            for (i, p) in positions.iter_mut().take(batch as usize).enumerate() {
+                *p = (position + i as u32) as f32;
+            }
+        }
+        let batch = batch as usize;
+        for step in 0..self.steps.len() {
+            match self.steps[step] {
+                Step::Op(i) => {
+                    let ctx = ops::Ctx {
+                        backend: self.backend,
+                        pool: &mut self.pool,
+                        slots: &mut self.slots,
+                        weight: &self.weights[i],
+                        scratch: &self.scratch,
+                        batch,
+                    };
+                    ops::forward(&self.ops[i], ctx)?;
+                }
+                Step::Sync(segment) => {
+                    let planned: Vec<_> = self.sync_plan.segment_syncs(segment).copied().collect();
+                    for p in planned {
+                        let pipe = self.slots[p.pipe_index as usize].bytes_mut();
+                        for s in self.sync_plan.steps_of(p, batch as u32) {
+                            sync.sync(&s, pipe).map_err(|source| ExecutorError::Sync {
+                                pipe: p.pipe_index,
+                                source,
+                            })?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_rope(op: &OpPlan, what: &str) -> ExecutorError {
+    ExecutorError::BadOp {
+        op: op.name.clone(),
+        layer: op.layer,
+        what: format!("rope cache: {what}"),
+    }
+}

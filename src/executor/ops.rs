@@ -1,0 +1,884 @@
+//! The per-op forward glue: dllama's `*Forward_*` functions (batch, z and column loops, thread
+//! splits) around the kernels of `airllama-kernels`.
+//!
+//! Each op runs as one job on the thread pool: every thread claims its part of the output
+//! ([`SplitMut`]) cut exactly as dllama's `SPLIT_THREADS` cuts it, so SIMD loops and their
+//! scalar tails start and end where dllama's do. Ops whose bits do not depend on the split and
+//! that cost next to nothing (copies, SHIFT, MOE_GATE) run on the calling thread.
+use std::sync::Mutex;
+
+use airllama_kernels::backend::Backend;
+use airllama_kernels::block::{BLOCK_SIZE, Q40Block, Q80Block};
+use airllama_kernels::matmul::{MatmulOrder, matmul_f32, matmul_order, matmul_q80_q40};
+use airllama_kernels::ops;
+use airllama_kernels::parallel::{Part, Split, SplitMut, ThreadPool};
+use airllama_kernels::quant::{dequantize_q80, quantize_q80};
+
+use super::ExecutorError;
+use super::memory::{Slab, view, view_mut};
+use super::plan::{Experts, Kernel, OpPlan, View};
+
+/// What an op's forward may touch besides its own plan.
+pub(crate) struct Ctx<'a> {
+    pub backend: Backend,
+    pub pool: &'a mut ThreadPool,
+    pub slots: &'a mut [Slab],
+    pub weight: &'a Slab,
+    pub scratch: &'a [Mutex<Vec<f32>>],
+    pub batch: usize,
+}
+
+/// The first failure inside a parallel job (threads cannot return errors).
+#[derive(Default)]
+struct Failure(Mutex<Option<String>>);
+
+impl Failure {
+    fn set(&self, what: String) {
+        if let Ok(mut f) = self.0.lock()
+            && f.is_none()
+        {
+            *f = Some(what);
+        }
+    }
+
+    fn into_result(self, op: &OpPlan) -> Result<(), ExecutorError> {
+        match self.0.into_inner().ok().flatten() {
+            None => Ok(()),
+            Some(what) => Err(ExecutorError::OpFailed {
+                op: op.name.clone(),
+                layer: op.layer,
+                what,
+            }),
+        }
+    }
+}
+
+fn failed(op: &OpPlan, what: impl Into<String>) -> ExecutorError {
+    ExecutorError::OpFailed {
+        op: op.name.clone(),
+        layer: op.layer,
+        what: what.into(),
+    }
+}
+
+/// `N` distinct slots at once, mutably.
+fn slots_mut<'s, const N: usize>(
+    slots: &'s mut [Slab],
+    op: &OpPlan,
+    idx: [usize; N],
+) -> Result<[&'s mut Slab; N], ExecutorError> {
+    slots
+        .get_disjoint_mut(idx)
+        .map_err(|_| failed(op, "slots overlap"))
+}
+
+/// A column split of `v`'s window over its first `rows` rows.
+fn columns(v: &View, rows: usize, unit: usize) -> Split {
+    Split::Columns {
+        stride: v.stride,
+        rows,
+        offset: v.offset,
+        len: v.len,
+        unit,
+    }
+}
+
+/// The part's columns relative to the view's window start.
+fn rel(part: &Part<'_, impl Sized>, v: &View) -> std::ops::Range<usize> {
+    let c = part.columns();
+    c.start - v.offset..c.end - v.offset
+}
+
+/// A row index `r` of a view (z-major) is active in a forward when its y is below the batch.
+fn active(v: &View, r: usize, batch: usize) -> bool {
+    r % v.y < batch
+}
+
+/// Position of batch item `y` from a position pipe, checked against `limit`.
+fn position(positions: &[f32], y: usize, limit: usize) -> Option<usize> {
+    let p = *positions.get(y)?;
+    if p.is_finite() && p >= 0.0 && p.fract() == 0.0 && (p as usize) < limit {
+        Some(p as usize)
+    } else {
+        None
+    }
+}
+
+/// Runs the job on the pool, then reports the first failure.
+fn run(
+    ctx_pool: &mut ThreadPool,
+    op: &OpPlan,
+    failure: Failure,
+    job: &(dyn Fn(usize, &Failure) + Sync),
+) -> Result<(), ExecutorError> {
+    ctx_pool
+        .run(&|t| job(t, &failure))
+        .map_err(|e| failed(op, e.0))?;
+    failure.into_result(op)
+}
+
+fn split<'a, T>(
+    op: &OpPlan,
+    data: &'a mut [T],
+    geometry: Split,
+    n: usize,
+) -> Result<SplitMut<'a, T>, ExecutorError> {
+    SplitMut::new(data, geometry, n).map_err(|e| failed(op, format!("split: {e}")))
+}
+
+/// Runs one op for `ctx.batch` batch items.
+pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
+    let (i, o) = (op.input, op.output);
+    let batch = ctx.batch;
+    let backend = ctx.backend;
+    let n = ctx.pool.n_threads();
+    let failure = Failure::default();
+    match op.kernel {
+        Kernel::MergeAddF32 { slices } | Kernel::MergeAddQ80 { slices } => {
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let out = view_mut::<f32>(out.bytes_mut())?;
+            let q80 = matches!(op.kernel, Kernel::MergeAddQ80 { .. });
+            let unit = if q80 { BLOCK_SIZE } else { 1 };
+            let s = split(op, out, columns(&o, batch, unit), n)?;
+            let inp = inp.bytes();
+            if q80 {
+                let inp = view::<Q80Block>(inp)?;
+                run(ctx.pool, op, failure, &|t, f| {
+                    let Ok(mut part) = s.claim(t) else {
+                        return f.set("claim".into());
+                    };
+                    let r = rel(&part, &o);
+                    let blocks = r.start / BLOCK_SIZE..r.end / BLOCK_SIZE;
+                    let per_slice = o.x / BLOCK_SIZE;
+                    for (y, row) in part.rows_mut(batch) {
+                        let in_row = &inp[i.row(y)];
+                        for k in 0..slices {
+                            let base = k * per_slice;
+                            ops::merge_add_q80(
+                                backend,
+                                row,
+                                &in_row[base + blocks.start..base + blocks.end],
+                            );
+                        }
+                    }
+                })
+            } else {
+                let inp = view::<f32>(inp)?;
+                run(ctx.pool, op, failure, &|t, f| {
+                    let Ok(mut part) = s.claim(t) else {
+                        return f.set("claim".into());
+                    };
+                    let r = rel(&part, &o);
+                    for (y, row) in part.rows_mut(batch) {
+                        let in_row = &inp[i.row(y)];
+                        for k in 0..slices {
+                            let base = k * o.x;
+                            ops::merge_add_f32(backend, row, &in_row[base + r.start..base + r.end]);
+                        }
+                    }
+                })
+            }
+        }
+        Kernel::MergeSum => {
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let out = view_mut::<f32>(out.bytes_mut())?;
+            let inp = view::<f32>(inp.bytes())?;
+            let s = split(op, out, columns(&o, batch, 1), n)?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                let r = rel(&part, &o);
+                let mut rows: Vec<&[f32]> = Vec::with_capacity(i.z);
+                for (y, row) in part.rows_mut(batch) {
+                    rows.clear();
+                    for z in 0..i.z {
+                        let in_row = &inp[i.row(z * i.y + y)];
+                        rows.push(&in_row[r.clone()]);
+                    }
+                    ops::merge_sum(backend, row, &rows);
+                }
+            })
+        }
+        Kernel::Embedding { quantize, vocab } => {
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let tokens = view::<f32>(inp.bytes())?;
+            let weight = view::<f32>(ctx.weight.bytes())?;
+            for y in 0..batch {
+                let token = tokens
+                    .get(i.row(y).start)
+                    .and_then(|&t| position(&[t], 0, vocab))
+                    .ok_or_else(|| failed(op, "token out of range"))?;
+                let src = &weight[token * o.x..(token + 1) * o.x];
+                if quantize {
+                    let out = view_mut::<Q80Block>(out.bytes_mut())?;
+                    quantize_q80(backend, src, &mut out[o.row(y)]);
+                } else {
+                    let out = view_mut::<f32>(out.bytes_mut())?;
+                    ops::copy(backend, &mut out[o.row(y)], src);
+                }
+            }
+            Ok(())
+        }
+        Kernel::InvRms {
+            epsilon,
+            columns: cols,
+            col_size,
+        } => {
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let out = view_mut::<f32>(out.bytes_mut())?;
+            let inp = view::<f32>(inp.bytes())?;
+            let geometry = Split::Rows {
+                stride: o.stride,
+                rows: batch,
+                offset: o.offset,
+                len: o.len,
+            };
+            let s = split(op, out, geometry, n)?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                for (y, row) in part.rows_mut(batch) {
+                    let in_row = &inp[i.row(y)];
+                    for c in 0..cols {
+                        row[c] = ops::inv_rms(
+                            backend,
+                            &in_row[c * col_size..(c + 1) * col_size],
+                            epsilon,
+                        );
+                    }
+                }
+            })
+        }
+        Kernel::RmsNormF32 {
+            inv_rms,
+            inv_rms_stride,
+            columns: cols,
+            col_size,
+            in_place,
+        } => {
+            let weight = view::<f32>(ctx.weight.bytes())?;
+            // Each (batch item, column) is one row of `col_size` values split between threads.
+            let geometry = |v: &View| Split::Columns {
+                stride: col_size,
+                rows: batch * cols,
+                offset: v.offset,
+                len: col_size,
+                unit: 1,
+            };
+            if cols > 1 && (o.stride != o.len || i.stride != i.len) {
+                return Err(failed(op, "multi-column rms norm needs contiguous rows"));
+            }
+            let scratch = ctx.scratch;
+            let job =
+                |s: &SplitMut<'_, f32>, inp: Option<&[f32]>, inv: &[f32], t: usize, f: &Failure| {
+                    let Ok(mut part) = s.claim(t) else {
+                        return f.set("claim".into());
+                    };
+                    let c = part.columns();
+                    let r = c.start - o.offset..c.end - o.offset;
+                    let mut tmp = scratch.get(t).and_then(|m| m.lock().ok());
+                    for (yc, row) in part.rows_mut(batch * cols) {
+                        let (y, col) = (yc / cols, yc % cols);
+                        let inv_value = inv[y * inv_rms_stride + col];
+                        let w = &weight[r.clone()];
+                        match (inp, tmp.as_deref_mut()) {
+                            (Some(inp), _) => {
+                                let start = i.offset + yc * col_size;
+                                ops::rms_norm_f32(
+                                    backend,
+                                    row,
+                                    &inp[start + r.start..start + r.end],
+                                    w,
+                                    inv_value,
+                                );
+                            }
+                            (None, Some(tmp)) => {
+                                tmp.clear();
+                                tmp.extend_from_slice(row);
+                                ops::rms_norm_f32(backend, row, tmp, w, inv_value);
+                            }
+                            (None, None) => return f.set("no scratch".into()),
+                        }
+                    }
+                };
+            if in_place {
+                let [out, inv] = slots_mut(ctx.slots, op, [o.slot, inv_rms])?;
+                let inv = view::<f32>(inv.bytes())?;
+                let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry(&o), n)?;
+                run(ctx.pool, op, failure, &|t, f| job(&s, None, inv, t, f))
+            } else {
+                let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
+                let inv = view::<f32>(inv.bytes())?;
+                let inp = view::<f32>(inp.bytes())?;
+                let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry(&o), n)?;
+                run(ctx.pool, op, failure, &|t, f| job(&s, Some(inp), inv, t, f))
+            }
+        }
+        Kernel::RmsNormQ80 { inv_rms } => {
+            let weight = view::<f32>(ctx.weight.bytes())?;
+            let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
+            let inv = view::<f32>(inv.bytes())?;
+            let inp = view::<Q80Block>(inp.bytes())?;
+            let s = split(
+                op,
+                view_mut::<f32>(out.bytes_mut())?,
+                columns(&o, batch, BLOCK_SIZE),
+                n,
+            )?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                let r = rel(&part, &o);
+                for (y, row) in part.rows_mut(batch) {
+                    let in_row = &inp[i.row(y)];
+                    let blocks = &in_row[r.start / BLOCK_SIZE..r.end / BLOCK_SIZE];
+                    ops::rms_norm_q80(backend, row, blocks, &weight[r.clone()], inv[y]);
+                }
+            })
+        }
+        Kernel::MatmulF32 {
+            n: cols_in,
+            d,
+            experts,
+        } => {
+            let weight = view::<f32>(ctx.weight.bytes())?;
+            matmul(
+                op,
+                ctx.pool,
+                ctx.slots,
+                batch,
+                backend,
+                failure,
+                cols_in,
+                d,
+                experts,
+                MatWeights::F32(weight),
+            )
+        }
+        Kernel::MatmulQ40 {
+            n: cols_in,
+            d,
+            experts,
+        } => {
+            let weight = view::<Q40Block>(ctx.weight.bytes())?;
+            matmul(
+                op,
+                ctx.pool,
+                ctx.slots,
+                batch,
+                backend,
+                failure,
+                cols_in,
+                d,
+                experts,
+                MatWeights::Q40(weight),
+            )
+        }
+        Kernel::Rope {
+            falcon,
+            dim0,
+            head_dim,
+            shift,
+            slice_dim,
+            cache,
+            positions,
+            seq_len,
+        } => {
+            let [x, cache, pos] = slots_mut(ctx.slots, op, [o.slot, cache, positions])?;
+            let cache = view::<f32>(cache.bytes())?;
+            let pos = view::<f32>(pos.bytes())?;
+            let unit = if falcon { head_dim } else { 2 };
+            let geometry = Split::Columns {
+                stride: o.stride,
+                rows: batch,
+                offset: o.offset,
+                len: dim0,
+                unit,
+            };
+            let s = split(op, view_mut::<f32>(x.bytes_mut())?, geometry, n)?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                let r = rel(&part, &o);
+                for (y, row) in part.rows_mut(batch) {
+                    let Some(p) = position(pos, y, seq_len) else {
+                        return f.set("position out of range".into());
+                    };
+                    if row.is_empty() {
+                        continue;
+                    }
+                    if falcon {
+                        ops::rope_falcon(
+                            backend,
+                            row,
+                            &cache[p * head_dim..(p + 1) * head_dim],
+                            head_dim,
+                        );
+                    } else {
+                        let base = p * slice_dim + shift;
+                        ops::rope_llama(backend, row, &cache[base + r.start..base + r.end]);
+                    }
+                }
+            })
+        }
+        Kernel::MultiHeadAtt {
+            n_heads,
+            n_heads0,
+            n_kv_heads,
+            head_dim,
+            seq_len,
+            q_slice_d0,
+            kv_dim0,
+            positions,
+            query,
+            key_cache,
+            value_cache,
+            att,
+        } => {
+            let [out, att, q, kc, vc, pos] = slots_mut(
+                ctx.slots,
+                op,
+                [o.slot, att, query, key_cache, value_cache, positions],
+            )?;
+            let q = view::<f32>(q.bytes())?;
+            let kc = view::<f32>(kc.bytes())?;
+            let vc = view::<f32>(vc.bytes())?;
+            let pos = view::<f32>(pos.bytes())?;
+            let out_geometry = Split::Columns {
+                stride: o.stride,
+                rows: batch,
+                offset: o.offset,
+                len: n_heads0 * head_dim,
+                unit: head_dim,
+            };
+            let att_row = n_heads0 * seq_len;
+            let att_geometry = Split::Columns {
+                stride: att_row,
+                rows: batch,
+                offset: 0,
+                len: att_row,
+                unit: seq_len,
+            };
+            let so = split(op, view_mut::<f32>(out.bytes_mut())?, out_geometry, n)?;
+            let sa = split(op, view_mut::<f32>(att.bytes_mut())?, att_geometry, n)?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let (Ok(mut po), Ok(mut pa)) = (so.claim(t), sa.claim(t)) else {
+                    return f.set("claim".into());
+                };
+                let r = rel(&po, &o);
+                let heads = r.start / head_dim..r.end / head_dim;
+                if heads.is_empty() {
+                    return;
+                }
+                for ((y, y_row), (_, att_row)) in po.rows_mut(batch).zip(pa.rows_mut(batch)) {
+                    let Some(p) = position(pos, y, seq_len) else {
+                        return f.set("position out of range".into());
+                    };
+                    let shape = ops::AttentionShape {
+                        n_heads,
+                        n_kv_heads,
+                        head_dim,
+                        kv_dim0,
+                        seq_len,
+                        pos: p,
+                    };
+                    let q_row = &q[y * q_slice_d0..(y + 1) * q_slice_d0];
+                    ops::multihead_attention(
+                        backend,
+                        heads.clone(),
+                        &shape,
+                        y_row,
+                        q_row,
+                        att_row,
+                        kc,
+                        vc,
+                    );
+                }
+            })
+        }
+        Kernel::Silu | Kernel::Gelu => {
+            let gelu = matches!(op.kernel, Kernel::Gelu);
+            // dllama's SILU loops z and batch items, GELU only the batch items of plane 0.
+            let rows = if gelu { batch } else { o.rows() };
+            let s = split(
+                op,
+                view_mut::<f32>(ctx.slots[o.slot].bytes_mut())?,
+                columns(&o, rows, 1),
+                n,
+            )?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                for (r, row) in part.rows_mut(rows) {
+                    if !active(&o, r, batch) {
+                        continue;
+                    }
+                    if gelu {
+                        ops::gelu(backend, row);
+                    } else {
+                        ops::silu(backend, row);
+                    }
+                }
+            })
+        }
+        Kernel::Mul {
+            multiplier,
+            in_place,
+        }
+        | Kernel::Scale {
+            scale: multiplier,
+            in_place,
+        } => {
+            let is_mul = matches!(op.kernel, Kernel::Mul { .. });
+            let rows = o.rows();
+            let scratch = ctx.scratch;
+            let job =
+                |s: &SplitMut<'_, f32>, inp: Option<&[f32]>, m: &[f32], t: usize, f: &Failure| {
+                    let Ok(mut part) = s.claim(t) else {
+                        return f.set("claim".into());
+                    };
+                    let r = rel(&part, &o);
+                    let mut tmp = scratch.get(t).and_then(|m| m.lock().ok());
+                    for (row_index, row) in part.rows_mut(rows) {
+                        if !active(&o, row_index, batch) {
+                            continue;
+                        }
+                        let source: &[f32] = match (inp, tmp.as_deref_mut()) {
+                            (Some(inp), _) => &inp[i.row(row_index)][r.clone()],
+                            (None, Some(tmp)) => {
+                                tmp.clear();
+                                tmp.extend_from_slice(row);
+                                tmp
+                            }
+                            (None, None) => return f.set("no scratch".into()),
+                        };
+                        if is_mul {
+                            let base = o.x * row_index;
+                            ops::mul_f32(backend, row, source, &m[base + r.start..base + r.end]);
+                        } else {
+                            ops::scale(backend, row, source, m[row_index]);
+                        }
+                    }
+                };
+            if in_place {
+                let [out, m] = slots_mut(ctx.slots, op, [o.slot, multiplier])?;
+                let m = view::<f32>(m.bytes())?;
+                let s = split(
+                    op,
+                    view_mut::<f32>(out.bytes_mut())?,
+                    columns(&o, rows, 1),
+                    n,
+                )?;
+                run(ctx.pool, op, failure, &|t, f| job(&s, None, m, t, f))
+            } else {
+                let [out, inp, m] = slots_mut(ctx.slots, op, [o.slot, i.slot, multiplier])?;
+                let m = view::<f32>(m.bytes())?;
+                let inp = view::<f32>(inp.bytes())?;
+                let s = split(
+                    op,
+                    view_mut::<f32>(out.bytes_mut())?,
+                    columns(&o, rows, 1),
+                    n,
+                )?;
+                run(ctx.pool, op, failure, &|t, f| job(&s, Some(inp), m, t, f))
+            }
+        }
+        Kernel::CastCopy => {
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let size = if o.float_type == airllama_kernels::block::FloatType::Q80 {
+                34
+            } else {
+                4
+            };
+            let (out, inp) = (out.bytes_mut(), inp.bytes());
+            for r in (0..o.rows()).filter(|&r| active(&o, r, batch)) {
+                let (dst, src) = (o.row(r), i.row(r));
+                out[dst.start * size..dst.end * size]
+                    .copy_from_slice(&inp[src.start * size..src.end * size]);
+            }
+            Ok(())
+        }
+        Kernel::CastQuantize | Kernel::RepeatZ => {
+            let repeat = matches!(op.kernel, Kernel::RepeatZ);
+            let rows = if repeat { batch } else { o.rows() };
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let inp = view::<f32>(inp.bytes())?;
+            {
+                let s = split(
+                    op,
+                    view_mut::<Q80Block>(out.bytes_mut())?,
+                    columns(&o, rows, 1),
+                    n,
+                )?;
+                run(ctx.pool, op, failure, &|t, f| {
+                    let Ok(mut part) = s.claim(t) else {
+                        return f.set("claim".into());
+                    };
+                    let r = rel(&part, &o);
+                    for (row_index, row) in part.rows_mut(rows) {
+                        if !active(&o, row_index, batch) {
+                            continue;
+                        }
+                        let in_row = &inp[i.row(row_index)];
+                        quantize_q80(
+                            backend,
+                            &in_row[r.start * BLOCK_SIZE..r.end * BLOCK_SIZE],
+                            row,
+                        );
+                    }
+                })?;
+            }
+            if repeat {
+                let out = view_mut::<Q80Block>(out.bytes_mut())?;
+                for z in 1..o.z {
+                    for y in 0..batch {
+                        let src = o.row(y);
+                        out.copy_within(src, o.row(z * o.y + y).start);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Kernel::CastDequantize => {
+            let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
+            let inp = view::<Q80Block>(inp.bytes())?;
+            let rows = o.rows();
+            let s = split(
+                op,
+                view_mut::<f32>(out.bytes_mut())?,
+                columns(&o, rows, BLOCK_SIZE),
+                n,
+            )?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                let r = rel(&part, &o);
+                for (row_index, row) in part.rows_mut(rows) {
+                    if !active(&o, row_index, batch) {
+                        continue;
+                    }
+                    let in_row = &inp[i.row(row_index)];
+                    dequantize_q80(
+                        backend,
+                        &in_row[r.start / BLOCK_SIZE..r.end / BLOCK_SIZE],
+                        row,
+                    );
+                }
+            })
+        }
+        Kernel::Shift { positions } => {
+            let [out, inp, pos] = slots_mut(ctx.slots, op, [o.slot, i.slot, positions])?;
+            let out = view_mut::<f32>(out.bytes_mut())?;
+            let inp = view::<f32>(inp.bytes())?;
+            let pos = view::<f32>(pos.bytes())?;
+            let limit = o.len / i.x;
+            for y in 0..batch {
+                let p = position(pos, y, limit)
+                    .ok_or_else(|| failed(op, "position out of the cache"))?;
+                ops::copy(backend, &mut out[p * i.x..(p + 1) * i.x], &inp[i.row(y)]);
+            }
+            Ok(())
+        }
+        Kernel::Softmax => {
+            let geometry = Split::Rows {
+                stride: o.stride,
+                rows: batch,
+                offset: o.offset,
+                len: o.len,
+            };
+            let s = split(
+                op,
+                view_mut::<f32>(ctx.slots[o.slot].bytes_mut())?,
+                geometry,
+                n,
+            )?;
+            run(ctx.pool, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
+                };
+                for (_, row) in part.rows_mut(batch) {
+                    ops::softmax(backend, row);
+                }
+            })
+        }
+        Kernel::MoeGate {
+            k,
+            norm_topk,
+            indexes,
+        } => {
+            let [out, inp, idx] = slots_mut(ctx.slots, op, [o.slot, i.slot, indexes])?;
+            let out = view_mut::<f32>(out.bytes_mut())?;
+            let inp = view::<f32>(inp.bytes())?;
+            let idx = view_mut::<f32>(idx.bytes_mut())?;
+            let mut scratch = vec![0u32; i.x];
+            let mut weights = vec![0f32; k];
+            for y in 0..batch {
+                ops::moe_gate(
+                    backend,
+                    &inp[i.row(y)],
+                    k,
+                    norm_topk,
+                    &mut scratch,
+                    &mut idx[y * k..(y + 1) * k],
+                    &mut weights,
+                )
+                .map_err(|e| failed(op, e.to_string()))?;
+                for (kk, w) in weights.iter().enumerate() {
+                    out[o.row(kk * o.y + y).start] = *w;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The weight of a MATMUL, typed.
+#[derive(Clone, Copy)]
+enum MatWeights<'a> {
+    F32(&'a [f32]),
+    Q40(&'a [Q40Block]),
+}
+
+/// MATMUL (`matmulForward_*`): tinyBLAS order for contiguous multi-item batches where dllama's
+/// build takes `llamafile_sgemm`, else the per-row kernel; experts pick their weight plane per
+/// batch item. Every output element is computed on its own, so the output rows are split between
+/// threads the way dllama's row kernel splits them in both orders.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    op: &OpPlan,
+    pool: &mut ThreadPool,
+    slots: &mut [Slab],
+    batch: usize,
+    backend: Backend,
+    failure: Failure,
+    n_in: usize,
+    d: usize,
+    experts: Option<Experts>,
+    weights: MatWeights<'_>,
+) -> Result<(), ExecutorError> {
+    let (i, o) = (op.input, op.output);
+    let threads = pool.n_threads();
+    let (weight_type, input_type) = match weights {
+        MatWeights::F32(_) => (
+            airllama_kernels::block::FloatType::F32,
+            airllama_kernels::block::FloatType::F32,
+        ),
+        MatWeights::Q40(_) => (
+            airllama_kernels::block::FloatType::Q40,
+            airllama_kernels::block::FloatType::Q80,
+        ),
+    };
+    // Items (values or blocks) per weight row and per expert plane.
+    let per_row = match weights {
+        MatWeights::F32(_) => n_in,
+        MatWeights::Q40(_) => n_in / BLOCK_SIZE,
+    };
+    let plane = per_row * d;
+    let contiguous = i.contiguous && o.contiguous && i.z == 1;
+    let order = matmul_order(backend, batch, n_in, weight_type, input_type, contiguous)
+        .ok_or_else(|| failed(op, "no kernel for these matmul types"))?;
+    let rows = if experts.is_some() { o.rows() } else { batch };
+    let (out, inp, idx) = match experts {
+        None => {
+            let [out, inp] = slots_mut(slots, op, [o.slot, i.slot])?;
+            (out, inp, None)
+        }
+        Some(e) => {
+            let [out, inp, idx] = slots_mut(slots, op, [o.slot, i.slot, e.indexes])?;
+            (out, inp, Some(view::<f32>(idx.bytes())?))
+        }
+    };
+    let s = split(
+        op,
+        view_mut::<f32>(out.bytes_mut())?,
+        columns(&o, rows, 1),
+        threads,
+    )?;
+    let inp_bytes = inp.bytes();
+    let call = |outs: &mut [&mut [f32]],
+                x_start: usize,
+                x_len: usize,
+                w_start: usize,
+                w_len: usize,
+                ord: MatmulOrder| match weights {
+        MatWeights::F32(w) => {
+            if let Ok(x) = view::<f32>(inp_bytes) {
+                matmul_f32(
+                    backend,
+                    ord,
+                    outs,
+                    &x[x_start..x_start + x_len],
+                    &w[w_start..w_start + w_len],
+                    n_in,
+                );
+            }
+        }
+        MatWeights::Q40(w) => {
+            if let Ok(x) = view::<Q80Block>(inp_bytes) {
+                matmul_q80_q40(
+                    backend,
+                    ord,
+                    outs,
+                    &x[x_start..x_start + x_len],
+                    &w[w_start..w_start + w_len],
+                    n_in,
+                );
+            }
+        }
+    };
+    run(pool, op, failure, &|t, f| {
+        let Ok(mut part) = s.claim(t) else {
+            return f.set("claim".into());
+        };
+        let r = rel(&part, &o);
+        if r.is_empty() {
+            return;
+        }
+        let w_start = r.start * per_row;
+        let w_len = (r.end - r.start) * per_row;
+        match (experts, idx) {
+            (Some(e), Some(idx)) => {
+                for (row_index, row) in part.rows_mut(rows) {
+                    let (z, y) = (row_index / o.y, row_index % o.y);
+                    if y >= batch {
+                        continue;
+                    }
+                    let Some(expert) = position(idx, y * e.n_active + z, e.n_experts) else {
+                        return f.set("active expert index out of range".into());
+                    };
+                    let x = i.row(z * i.y + y);
+                    call(
+                        &mut [row],
+                        x.start,
+                        i.len,
+                        expert * plane + w_start,
+                        w_len,
+                        MatmulOrder::Row,
+                    );
+                }
+            }
+            _ if order == MatmulOrder::TinyBlas && i.stride == i.len => {
+                let mut outs: Vec<&mut [f32]> = part.rows_mut(batch).map(|(_, row)| row).collect();
+                call(&mut outs, i.offset, batch * i.len, w_start, w_len, order);
+            }
+            _ => {
+                for (y, row) in part.rows_mut(batch) {
+                    call(
+                        &mut [row],
+                        i.row(y).start,
+                        i.len,
+                        w_start,
+                        w_len,
+                        MatmulOrder::Row,
+                    );
+                }
+            }
+        }
+    })
+}

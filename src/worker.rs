@@ -1,0 +1,170 @@
+//! The drop-in dllama worker: listens, serves one root session at a time, and keeps serving.
+//!
+//! A session follows `runWorkerApp`: accept the root (and build the worker mesh), read the net
+//! and node configs, build the [`Executor`], load the weights straight into the ops, then run a
+//! forward per control packet until the stop packet. Anything that goes wrong in a session — a
+//! socket error, a malformed or unsupported config, a failed op — is logged with what was wrong
+//! and ends that session only: the sockets are closed and the worker accepts the next root.
+use std::time::Instant;
+
+use airllama_kernels::backend::Backend;
+use airllama_net::SyncStep;
+use airllama_net::transport::{ControlReader, Listener, NetError, Network, WorkerSession};
+
+use crate::executor::{Executor, ExecutorError, ExecutorOptions, Synchronizer};
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// IPv4 address to listen on (`0.0.0.0` = all).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Threads per op.
+    pub n_threads: usize,
+    /// dllama's `--net-turbo`: spin on non-blocking sockets while forwards keep coming.
+    pub turbo: bool,
+    /// The kernels' instruction set.
+    pub backend: Backend,
+    /// Most bytes a session's graph may allocate.
+    pub max_memory: u64,
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The network failed or the root sent bytes that do not decode.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    /// The graph could not be built or a forward failed.
+    #[error("executor: {0}")]
+    Executor(#[from] ExecutorError),
+}
+
+/// Why the worker stopped serving altogether.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {host}:{port}: {source}")]
+pub struct ListenError {
+    host: String,
+    port: u16,
+    source: NetError,
+}
+
+/// Syncs pipes over the session's sockets.
+struct NetSync<'a>(&'a mut Network);
+
+impl Synchronizer for NetSync<'_> {
+    fn sync(
+        &mut self,
+        step: &SyncStep,
+        pipe: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0.sync_step(step, pipe).map_err(|e| Box::new(e) as _)
+    }
+}
+
+/// The available memory of this machine (`MemAvailable` of `/proc/meminfo`), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Listens and serves roots forever; returns only when the port cannot be bound.
+pub fn serve(options: &WorkerOptions, log: &mut dyn FnMut(&str)) -> Result<(), ListenError> {
+    let listener = Listener::bind(&options.host, options.port).map_err(|source| ListenError {
+        host: options.host.clone(),
+        port: options.port,
+        source,
+    })?;
+    log(&format!(
+        "listening on {}:{} ({} thread(s), kernels: {})",
+        options.host,
+        options.port,
+        options.n_threads,
+        options.backend.isa()
+    ));
+    loop {
+        match serve_session(&listener, options, log) {
+            Ok(forwards) => log(&format!(
+                "session over after {forwards} forward(s); waiting for a root"
+            )),
+            Err(e) => log(&format!("error: {e}; session dropped, waiting for a root")),
+        }
+    }
+}
+
+/// Serves one root session on `listener`: returns the number of forwards run when the root
+/// sent the stop packet.
+pub fn serve_session(
+    listener: &Listener,
+    options: &WorkerOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<u64, SessionError> {
+    let mut session: WorkerSession = listener.accept_root()?;
+    let hello = &session.handshake;
+    log(&format!(
+        "root connected: this is node {} of {} (worker index {})",
+        hello.node_index(),
+        hello.n_workers + 1,
+        hello.worker_index
+    ));
+    for (i, peer) in hello.peers.iter().enumerate() {
+        let how = if hello.connects_to_peer(i as u32) {
+            "connected to"
+        } else {
+            "accepted"
+        };
+        log(&format!("peer worker {}:{} {how}", peer.host, peer.port));
+    }
+    log("network initialised");
+    let net = session.read_net_config()?;
+    let node = session.read_node_config(&net)?;
+    let required = node.required_memory(&net);
+    log(&format!("memory required: {} MB", required / (1024 * 1024)));
+    let exec_options = ExecutorOptions {
+        backend: options.backend,
+        n_threads: options.n_threads,
+        max_memory: options.max_memory,
+    };
+    let mut executor = Executor::new(&net, &node, &exec_options)?;
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while let Some((_, target)) = session.next_weight(&node)? {
+        let dst = executor.weight_mut(&target)?;
+        session.read_weight_data(dst)?;
+        records += 1;
+        bytes += target.n_bytes;
+    }
+    log(&format!(
+        "weights loaded: {records} records, {} kB in {} ms",
+        bytes / 1024,
+        started.elapsed().as_millis()
+    ));
+    let mut control = ControlReader::new(options.turbo);
+    let mut forwards = 0u64;
+    loop {
+        let was_turbo = session.network.is_turbo();
+        let packet = control.next(&mut session.network, &net, &node)?;
+        let turbo = session.network.is_turbo();
+        if turbo != was_turbo {
+            log(if turbo {
+                "network in non-blocking (turbo) mode"
+            } else {
+                "network back in blocking mode"
+            });
+        }
+        if packet.is_stop() {
+            log("stop packet received");
+            return Ok(forwards);
+        }
+        executor.forward(
+            packet.position,
+            packet.batch_size,
+            &mut NetSync(&mut session.network),
+        )?;
+        forwards += 1;
+    }
+}
