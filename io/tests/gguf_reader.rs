@@ -136,12 +136,12 @@ fn tensor_types_dequantize_by_their_layout() {
     assert!((f16s[3] - 1e-3).abs() < 1e-6);
     assert_eq!(read("bf16"), [1.0, -3.0]);
     let q40 = read("q4_0");
-    for j in 0..32 {
-        assert_eq!(q40[j], ((j % 16) as f32 - 8.0) * 0.5, "q4_0 value {j}");
+    for (j, v) in q40.iter().enumerate() {
+        assert_eq!(*v, ((j % 16) as f32 - 8.0) * 0.5, "q4_0 value {j}");
     }
     let q41 = read("q4_1");
-    for j in 0..32 {
-        assert_eq!(q41[j], (j % 16) as f32 * 0.25 - 1.0, "q4_1 value {j}");
+    for (j, v) in q41.iter().enumerate() {
+        assert_eq!(*v, (j % 16) as f32 * 0.25 - 1.0, "q4_1 value {j}");
     }
     let q80 = read("q8_0");
     for j in 0..32 {
@@ -360,7 +360,7 @@ fn fuzz_oracle_over_seeds_and_mutations() {
                 let at = rng.next_u32() as usize % m.len();
                 m[at] = rng.next_u32() as u8;
             }
-            if rng.next_u32() % 4 == 0 {
+            if rng.next_u32().is_multiple_of(4) {
                 m.truncate(rng.next_u32() as usize % m.len());
             }
             fuzz_header(&m);
