@@ -367,3 +367,16 @@ fn fuzz_oracle_over_seeds_and_mutations() {
         }
     }
 }
+
+/// The fuzz target's committed seed corpus passes the oracle.
+#[test]
+fn fuzz_corpus_passes_the_oracle() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/gguf");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        fuzz_header(&bytes);
+        n += 1;
+    }
+    assert!(n >= 2, "seed corpus missing in {dir}");
+}
