@@ -22,11 +22,26 @@ pub(crate) fn quantize_q80(input: &[f32], output: &mut [Q80Block]) {
     }
 }
 
-/// `roundf` for the range a Q80 code can take (and saturating beyond it), without libm.
+/// A float to `int32` conversion truncating toward zero, as x86's `cvttss2si` does: NaN and
+/// values outside the `i32` range give `i32::MIN` (the "integer indefinite"). The generic C
+/// reference build is an x86-64 one, so its float-to-integer casts behave like this.
+#[inline]
+pub(crate) fn cvtt_x86(v: f32) -> i32 {
+    if v >= -2_147_483_648.0 && v < 2_147_483_648.0 {
+        v as i32
+    } else {
+        i32::MIN
+    }
+}
+
+/// `(int)roundf(v)` without libm: half away from zero, then [`cvtt_x86`].
 #[inline]
 pub(crate) fn round_half_away(v: f32) -> i32 {
-    // |v| < 2^23 here in practice; beyond, v is already an integer and `as` saturates.
-    let t = v as i32;
+    let t = cvtt_x86(v);
+    if !(v.abs() < 8_388_608.0) {
+        // Already an integer (or NaN / out of range): nothing to round.
+        return t;
+    }
     let frac = v - t as f32;
     if frac >= 0.5 {
         t + 1
@@ -66,10 +81,10 @@ pub(crate) fn quantize_q40(input: &[f32], output: &mut [Q40Block]) {
 }
 
 /// `(uint8_t)(int8_t)v` clamped to 15, with the float converted to 32 bits first (what GCC
-/// emits: `cvttss2si`/`fcvtzs w`), so out-of-range codes wrap to a byte, then clamp.
+/// emits: `cvttss2si`), so out-of-range codes wrap to a byte, then clamp.
 #[inline]
 pub(crate) fn q40_code(v: f32) -> u8 {
-    let byte = (v as i32) as u8;
+    let byte = cvtt_x86(v) as u8;
     if byte > 15 { 15 } else { byte }
 }
 
