@@ -898,6 +898,7 @@ impl Listener {
             handshake: hello,
             network: Network::new(conns),
             weights_done: false,
+            pending_weight: None,
         })
     }
 }
@@ -914,6 +915,8 @@ pub struct WorkerSession {
     /// Connection 0 = root, then the other workers.
     pub network: Network,
     weights_done: bool,
+    /// Data bytes of the last weight header, not yet read.
+    pending_weight: Option<u64>,
 }
 
 impl WorkerSession {
@@ -968,6 +971,11 @@ impl WorkerSession {
         if self.weights_done {
             return Ok(None);
         }
+        if self.pending_weight.is_some() {
+            return Err(NetError::Usage {
+                context: "next_weight before the previous record's data was read",
+            });
+        }
         match self.network.read_message(0, WeightMessage::decode_prefix)? {
             WeightMessage::End => {
                 self.weights_done = true;
@@ -981,15 +989,23 @@ impl WorkerSession {
                         peer: self.root_peer(),
                         source,
                     })?;
+                self.pending_weight = Some(target.n_bytes);
                 Ok(Some((header, target)))
             }
         }
     }
 
-    /// Reads a weight record's data (exactly `dst.len()` bytes, which must be the record's
-    /// `n_bytes`).
+    /// Reads the data of the record [`next_weight`](Self::next_weight) returned; `dst` must be
+    /// exactly its `n_bytes` long.
     pub fn read_weight_data(&mut self, dst: &mut [u8]) -> Result<()> {
-        self.network.read_exact(0, dst)
+        if self.pending_weight != Some(dst.len() as u64) {
+            return Err(NetError::Usage {
+                context: "weight data buffer is not the record's nBytes",
+            });
+        }
+        self.network.read_exact(0, dst)?;
+        self.pending_weight = None;
+        Ok(())
     }
 }
 
