@@ -270,3 +270,90 @@ impl SyncPlan {
         Ok((sent, received))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PipeConfig, SegmentConfig, Size3D, SyncConfig};
+    use alloc::vec;
+
+    fn plan(node_index: u32, sync_type: SyncType) -> SyncPlan {
+        let net = NetConfig {
+            n_batches: 4,
+            n_nodes: 3,
+            pipes: vec![PipeConfig {
+                name: "ZQ".into(),
+                size: Size3D::new_2d(crate::config::FloatType::F32, 4, 6).unwrap(),
+            }],
+            pre_syncs: vec![],
+        };
+        let node = NodeConfig {
+            node_index,
+            buffers: vec![],
+            segments: vec![SegmentConfig {
+                syncs: vec![SyncConfig {
+                    pipe_index: 0,
+                    sync_type,
+                }],
+                ops: vec![],
+            }],
+        };
+        SyncPlan::new(&net, &node).unwrap()
+    }
+
+    #[test]
+    fn connections_map_to_nodes_like_dllama_sockets() {
+        // node 0 (root): connection i = worker i = node i + 1.
+        assert_eq!([0, 1].map(|c| connection_node(0, c)), [1, 2]);
+        // node 1: root, then node 2.
+        assert_eq!([0, 1].map(|c| connection_node(1, c)), [0, 2]);
+        // node 2: root, then node 1.
+        assert_eq!([0, 1].map(|c| connection_node(2, c)), [0, 1]);
+    }
+
+    #[test]
+    fn slices_per_node_and_batch_item() {
+        // Rows of 24 bytes, 8 per node; batch item 2 starts at 48.
+        let p = plan(2, SyncType::NodeSlices);
+        let step = p.forward(3).unwrap().nth(2).unwrap();
+        assert_eq!(step.batch_item, 2);
+        assert_eq!(step.sends(), (48 + 16, 8, 0..2));
+        let got: Vec<_> = step.receives().collect();
+        assert_eq!(
+            got,
+            vec![
+                Transfer {
+                    connection: 0,
+                    offset: 48,
+                    len: 8
+                },
+                Transfer {
+                    connection: 1,
+                    offset: 56,
+                    len: 8
+                },
+            ]
+        );
+        assert_eq!(p.forward_bytes(3, 1).unwrap(), (24, 24));
+
+        let root = plan(0, SyncType::NodeSlicesExceptRoot);
+        let step = root.forward(1).unwrap().next().unwrap();
+        assert_eq!(step.sends().1, 0);
+        assert_eq!(
+            step.receives().map(|t| t.offset).collect::<Vec<_>>(),
+            vec![8, 16]
+        );
+        let worker = plan(1, SyncType::NodeSlicesExceptRoot);
+        let step = worker.forward(1).unwrap().next().unwrap();
+        assert_eq!(step.sends(), (8, 8, 0..1));
+        assert_eq!(step.receives().count(), 0);
+
+        let root = plan(0, SyncType::WithRoot);
+        assert_eq!(root.forward_bytes(2, 1).unwrap(), (48, 0));
+        let worker = plan(2, SyncType::WithRoot);
+        assert_eq!(worker.forward_bytes(2, 0).unwrap(), (0, 48));
+        assert_eq!(worker.forward_bytes(2, 1).unwrap(), (0, 0));
+        assert!(worker.forward(0).is_err());
+        assert!(worker.forward(5).is_err());
+    }
+}

@@ -99,6 +99,13 @@ pub enum NetError {
         #[source]
         source: DecodeError,
     },
+    /// Waiting for the sync sockets failed.
+    #[error("poll on the sync sockets: {source}")]
+    Poll {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A caller-supplied buffer or index does not fit the plan (a bug in the caller).
     #[error("{context}")]
     Usage {
@@ -654,11 +661,7 @@ impl Network {
                             });
                         }
                     }
-                    poll_fds(&mut fds).map_err(|e| NetError::Setup {
-                        context: "poll",
-                        addr: String::from("sync sockets"),
-                        source: e,
-                    })?;
+                    poll_fds(&mut fds).map_err(|source| NetError::Poll { source })?;
                 }
             }
         }
