@@ -18,6 +18,33 @@
 //! `rows` is the matmul's output dimension (dllama's `d`) and `cols` its input dimension (`n`).
 //! A row split gives each node `rows / N` whole rows, one contiguous range; a column split gives
 //! each node `cols / N` values of every row, a strided set of ranges ([`StridedRange`]).
+//!
+//! ```
+//! use airllama_io::layout::{LayoutError, ModelLayout, TensorRole};
+//! use airllama_io::model::{ArchType, HiddenAct, ModelParams};
+//! use airllama_kernels::block::FloatType;
+//!
+//! let header = ModelParams {
+//!     arch: ArchType::Llama, hidden_act: HiddenAct::Silu, dim: 64, hidden_dim: 128,
+//!     n_layers: 2, n_heads: 4, n_kv_heads: 2, weight_type: FloatType::Q40, seq_len: 256,
+//!     vocab_size: 32, n_experts: 0, n_active_experts: 0, rope_theta: None,
+//!     rope_scaling: None, head_dim: None, norm_epsilon: None, moe_hidden_dim: None,
+//! }
+//! .to_header()?;
+//! // A file of the wrong size is refused, and the error says which size is right.
+//! let Err(LayoutError::FileTooShort { expected, .. }) = ModelLayout::new(&header, 0) else {
+//!     unreachable!()
+//! };
+//! let layout = ModelLayout::new(&header, expected)?;
+//! let split = layout.node_split(2)?;
+//! // wo is [dim, q_dim] = [64, 64] in Q40: rows of 2 blocks (36 bytes); node 1 takes the
+//! // second block of every row.
+//! let wo = layout.position(TensorRole::Wo, 1, None).unwrap();
+//! let slice = split.slice(wo, 1).unwrap();
+//! assert_eq!((slice.bytes.rows, slice.bytes.row_stride, slice.bytes.bytes_per_row), (64, 36, 18));
+//! assert_eq!(slice.bytes.start, layout.tensors()[wo].offset + 18);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 use std::fmt;
 use std::ops::Range;
 
@@ -195,9 +222,9 @@ pub struct TensorEntry {
 }
 
 impl TensorEntry {
-    /// Bytes of one stored row.
+    /// Bytes of one stored row (0 for a tensor without rows, which no layout lists).
     pub fn row_bytes(&self) -> u64 {
-        self.size / u64::from(self.rows)
+        self.size.checked_div(u64::from(self.rows)).unwrap_or(0)
     }
 
     /// The tensor's bytes in the file.
@@ -241,7 +268,7 @@ impl StridedRange {
     /// A strided set, folded into one contiguous range when the rows touch.
     pub const fn strided(start: u64, row_stride: u64, bytes_per_row: u64, rows: u64) -> Self {
         if row_stride == bytes_per_row || rows <= 1 {
-            StridedRange::contiguous(start, bytes_per_row * rows)
+            StridedRange::contiguous(start, bytes_per_row.saturating_mul(rows))
         } else {
             StridedRange {
                 start,
@@ -252,9 +279,9 @@ impl StridedRange {
         }
     }
 
-    /// Total bytes selected.
+    /// Total bytes selected (saturating: ranges from a layout never come near `u64::MAX`).
     pub const fn total_bytes(&self) -> u64 {
-        self.bytes_per_row * self.rows
+        self.bytes_per_row.saturating_mul(self.rows)
     }
 
     /// Whether it is a single range.
@@ -262,28 +289,36 @@ impl StridedRange {
         self.rows <= 1
     }
 
-    /// One past the last selected byte (the start if nothing is selected).
+    /// One past the last selected byte (the start if nothing is selected). Saturating, so a
+    /// hand-built range that would pass `u64::MAX` reads as ending there and fails any bounds
+    /// check instead of wrapping.
     pub const fn end(&self) -> u64 {
         if self.rows == 0 {
             self.start
         } else {
-            self.start + (self.rows - 1) * self.row_stride + self.bytes_per_row
+            self.start
+                .saturating_add((self.rows - 1).saturating_mul(self.row_stride))
+                .saturating_add(self.bytes_per_row)
         }
     }
 
-    /// The ranges, in order.
+    /// The ranges, in order (saturating like [`StridedRange::end`]).
     pub fn ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         (0..self.rows).map(move |r| {
-            let s = self.start + r * self.row_stride;
-            s..s + self.bytes_per_row
+            let s = self.start.saturating_add(r.saturating_mul(self.row_stride));
+            s..s.saturating_add(self.bytes_per_row)
         })
     }
 
     /// Appends the selected bytes of `file` to `out`, rows concatenated (what dllama's splitters
     /// copy into the buffer they send). `None` when the ranges run past `file`.
     pub fn gather_into(&self, file: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        // `end` saturates, so a range past u64::MAX fails here too.
         if self.end() > file.len() as u64 {
             return None;
+        }
+        if self.bytes_per_row == 0 {
+            return Some(());
         }
         out.reserve(usize::try_from(self.total_bytes()).ok()?);
         for r in self.ranges() {

@@ -341,7 +341,8 @@ pub struct ModelConfig {
     pub n_kv_heads: u32,
     /// Experts per layer: 0 for dense models, > 0 exactly when `arch` is Qwen3 MoE.
     pub n_experts: u32,
-    /// Experts used per token, `<= n_experts`, > 0 for MoE models.
+    /// Experts used per token: in `1..=n_experts` for MoE models; dense models may store any
+    /// value, which dllama (and airllama) ignores.
     pub n_active_experts: u32,
     /// Vocabulary size, > 0.
     pub vocab_size: u32,
@@ -942,6 +943,63 @@ mod tests {
         assert_eq!(c.with_max_seq_len(100).seq_len, 100);
         assert_eq!(c.with_max_seq_len(100).orig_seq_len, 256);
         assert_eq!(c.with_max_seq_len(0).seq_len, 256);
+    }
+
+    proptest::proptest! {
+        /// Any header the params writer accepts encodes and parses back to itself, the stream
+        /// reader agrees, and every config invariant documented on [`ModelConfig`] holds.
+        #[test]
+        fn encode_parse_round_trip(
+            arch in 0usize..3,
+            dim in 1u32..4096,
+            heads in 1u32..64,
+            kv_div in 1u32..8,
+            head_dim in proptest::option::of(1u32..256),
+            hidden_dim in 0u32..20000,
+            experts in (0u32..16, 0u32..16),
+            moe_hidden_dim in proptest::option::of(0u32..4096),
+            eps in proptest::option::of(proptest::bool::ANY),
+            weight in 0u32..4,
+            seq_len in 0u32..100_000,
+        ) {
+            let arch = [ArchType::Llama, ArchType::Qwen3, ArchType::Qwen3Moe][arch];
+            let p = ModelParams {
+                arch,
+                hidden_act: HiddenAct::Silu,
+                dim,
+                hidden_dim,
+                n_layers: 3,
+                n_heads: heads,
+                n_kv_heads: (heads / kv_div).max(1),
+                weight_type: FloatType::from_code(weight).unwrap(),
+                seq_len,
+                vocab_size: 100,
+                n_experts: experts.0,
+                n_active_experts: experts.1,
+                rope_theta: Some(500_000),
+                rope_scaling: None,
+                head_dim,
+                norm_epsilon: eps.map(|e| if e { NormEpsilon::E5 } else { NormEpsilon::E6 }),
+                moe_hidden_dim,
+            };
+            let Ok(header) = p.to_header() else { return Ok(()) };
+            let bytes = header.encode();
+            let parsed = ModelHeader::parse(&bytes);
+            proptest::prop_assert_eq!(parsed.as_ref(), Ok(&header));
+            let read = ModelHeader::read_from(&mut bytes.as_slice()).unwrap();
+            proptest::prop_assert_eq!(&read, &header);
+            let c = header.config();
+            proptest::prop_assert!(c.dim > 0 && c.head_dim > 0 && c.seq_len > 0);
+            proptest::prop_assert_eq!(c.q_dim, c.head_dim * c.n_heads);
+            proptest::prop_assert_eq!(c.kv_dim, c.head_dim * c.n_kv_heads);
+            proptest::prop_assert_eq!(c.n_heads % c.n_kv_heads, 0);
+            proptest::prop_assert!(c.ffn_dim() > 0);
+            proptest::prop_assert_eq!(c.is_moe(), arch == ArchType::Qwen3Moe);
+            if c.is_moe() {
+                proptest::prop_assert!((1..=c.n_experts).contains(&c.n_active_experts));
+            }
+            proptest::prop_assert_eq!(c.rope_type == RopeType::Falcon, arch.has_qk_norm());
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use airllama_io::layout::ModelLayout;
 use airllama_io::model::ModelHeader;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -14,7 +16,12 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
         .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -33,5 +40,35 @@ fn model_header_corpus() {
             valid_layouts += 1;
         }
     }
-    assert_eq!(valid_layouts, 4, "each golden variant has a tiny complete model");
+    assert_eq!(
+        valid_layouts, 4,
+        "each golden variant has a tiny complete model"
+    );
+}
+
+/// Random edits of the seeds (bytes overwritten anywhere in the header and the first tensors,
+/// the length cut or extended) never make the oracle fail: typed errors or consistent results.
+mod mutations {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn edited_seeds(
+            seed in 0usize..64,
+            edits in proptest::collection::vec((0usize..256, any::<u8>()), 0..8),
+            len_change in -64i64..64,
+        ) {
+            let seeds = super::corpus("model_header");
+            let mut data = seeds[seed % seeds.len()].1.clone();
+            for (at, byte) in edits {
+                if let Some(b) = data.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            let len = (data.len() as i64 + len_change).max(0) as usize;
+            data.resize(len, 0x5a);
+            airllama_io::fuzzing::model_header(&data);
+        }
+    }
 }
