@@ -20,8 +20,10 @@ pub fn inv_rms(backend: Backend, x: &[f32], epsilon: f32) -> f32 {
 
 /// RMS_NORM with an F32 input: `output[i] = w[i] · (inv_rms · x[i])` (dllama `rmsNorm_F32`).
 ///
-/// dllama's SIMD paths compute `(x · inv_rms) · w` and its tail `w · (inv_rms · x)`; products
-/// commute, so every ISA and split gives the same bits.
+/// The association of the two products differs per build: AVX2 computes `(x · inv_rms) · w`
+/// and its tail `w · (inv_rms · x)` (the same bits, products commute), scalar the latter, but
+/// NEON computes `(x · w) · inv_rms` on its 4-lane part (the first `len - len % 4` values of the
+/// thread's part) and `w · (inv_rms · x)` on the tail. So on NEON the split matters.
 ///
 /// Executor (`rmsNormForward_F32_F32_F32`): for each batch item, for each column `c`, split
 /// `0..colSize` (`colSize = weight.x`) with `split_range` and pass
@@ -31,12 +33,9 @@ pub fn inv_rms(backend: Backend, x: &[f32], epsilon: f32) -> f32 {
 /// # Panics
 /// If the lengths differ.
 pub fn rms_norm_f32(backend: Backend, output: &mut [f32], x: &[f32], weight: &[f32], inv_rms: f32) {
-    let _ = backend;
     assert_eq!(output.len(), x.len(), "rms_norm_f32: length mismatch");
     assert_eq!(output.len(), weight.len(), "rms_norm_f32: length mismatch");
-    for ((o, &v), &w) in output.iter_mut().zip(x).zip(weight) {
-        *o = w * (inv_rms * v);
-    }
+    dispatch!(backend, rms_norm_f32(output, x, weight, inv_rms))
 }
 
 /// RMS_NORM with a Q80 input: `output[k] = w[k] · ((inv_rms · d) · q[k])` (dllama

@@ -43,6 +43,14 @@ pub(crate) fn inv_rms(x: &[f32], epsilon: f32) -> f32 {
     1.0 / math::sqrt(sum)
 }
 
+/// `w · (inv_rms · x)` (`rmsNorm_F32` scalar loop; the AVX2 body's `(x · inv_rms) · w` is the
+/// same product).
+pub(crate) fn rms_norm_f32(output: &mut [f32], x: &[f32], weight: &[f32], inv_rms: f32) {
+    for ((o, &v), &w) in output.iter_mut().zip(x).zip(weight) {
+        *o = w * (inv_rms * v);
+    }
+}
+
 /// `ropeLlama_F32` with both products rounded before the add.
 pub(crate) fn rope_llama(x: &mut [f32], cache: &[f32]) {
     for (pair, c) in x.chunks_exact_mut(2).zip(cache.chunks_exact(2)) {

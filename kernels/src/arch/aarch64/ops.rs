@@ -169,6 +169,20 @@ pub(crate) unsafe fn inv_rms(x: &[f32], epsilon: f32) -> f32 {
     1.0 / math::sqrt(sum)
 }
 
+/// See [`crate::ops::rms_norm_f32`]: `(x · w) · inv_rms` on 4 lanes, `w · (inv_rms · x)` on
+/// the tail.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn rms_norm_f32(output: &mut [f32], x: &[f32], weight: &[f32], inv_rms: f32) {
+    let inv = vdupq_n_f32(inv_rms);
+    let mut oc = output.chunks_exact_mut(4);
+    let mut xc = x.chunks_exact(4);
+    let mut wc = weight.chunks_exact(4);
+    for ((o, x), w) in (&mut oc).zip(&mut xc).zip(&mut wc) {
+        store4(o, vmulq_f32(vmulq_f32(load4(x), load4(w)), inv));
+    }
+    crate::scalar::ops::rms_norm_f32(oc.into_remainder(), xc.remainder(), wc.remainder(), inv_rms);
+}
+
 /// See [`crate::ops::rope_llama`]: `v0·cos − (v1·sin)` and `v0·sin + (v1·cos)`, one FMA each.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn rope_llama(x: &mut [f32], cache: &[f32]) {

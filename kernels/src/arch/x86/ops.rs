@@ -174,6 +174,19 @@ pub(crate) unsafe fn inv_rms(x: &[f32], epsilon: f32) -> f32 {
     1.0 / math::sqrt(sum)
 }
 
+/// See [`crate::ops::rms_norm_f32`]: `(x · inv_rms) · w`, bitwise the scalar body.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rms_norm_f32(output: &mut [f32], x: &[f32], weight: &[f32], inv_rms: f32) {
+    let inv = _mm256_set1_ps(inv_rms);
+    let mut oc = output.chunks_exact_mut(8);
+    let mut xc = x.chunks_exact(8);
+    let mut wc = weight.chunks_exact(8);
+    for ((o, x), w) in (&mut oc).zip(&mut xc).zip(&mut wc) {
+        store8(o, _mm256_mul_ps(_mm256_mul_ps(load8(x), inv), load8(w)));
+    }
+    crate::scalar::ops::rms_norm_f32(oc.into_remainder(), xc.remainder(), wc.remainder(), inv_rms);
+}
+
 /// See [`crate::ops::rope_llama`]: g++ vectorizes the pair with `vaddsubps`, both products
 /// rounded, which is exactly the scalar body.
 #[target_feature(enable = "avx2,fma,f16c")]
