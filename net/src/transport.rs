@@ -15,6 +15,42 @@
 //! reads, which deadlocks once slices outgrow the socket buffers of both ends. [`Network::exchange`]
 //! writes and reads in the same loop (non-blocking calls, `poll` when nothing moves outside
 //! turbo mode), so the bytes on each connection are the same and no size can deadlock.
+//!
+//! A worker, as `runWorkerApp` (compute left out):
+//!
+//! ```no_run
+//! use airllama_net::SyncPlan;
+//! use airllama_net::transport::{ControlReader, Listener, NetError};
+//!
+//! fn serve() -> Result<(), NetError> {
+//!     let listener = Listener::bind("0.0.0.0", 9999)?;
+//!     loop {
+//!         let mut session = listener.accept_root()?;
+//!         let net = session.read_net_config()?;
+//!         let node = session.read_node_config(&net)?;
+//!         let plan = SyncPlan::new(&net, &node).expect("checked when the node config decoded");
+//!         while let Some((_header, target)) = session.next_weight(&node)? {
+//!             let mut weight = vec![0u8; target.n_bytes as usize]; // or the op's own memory
+//!             session.read_weight_data(&mut weight)?;
+//!         }
+//!         let mut pipes: Vec<Vec<u8>> =
+//!             net.pipes.iter().map(|p| vec![0; p.size.n_bytes() as usize]).collect();
+//!         let mut control = ControlReader::new(true);
+//!         loop {
+//!             let packet = control.next(&mut session.network, &net, &node)?;
+//!             if packet.is_stop() {
+//!                 break;
+//!             }
+//!             for sync in plan.syncs() {
+//!                 // ... run the ops of segment `sync.segment` first ...
+//!                 for step in plan.steps_of(*sync, packet.batch_size) {
+//!                     session.network.sync_step(&step, &mut pipes[sync.pipe_index as usize])?;
+//!                 }
+//!             }
+//!         }
+//!     }
+//! }
+//! ```
 
 use std::io::{self, Read, Write};
 use std::net::{
