@@ -4,4 +4,5 @@
 
 pub mod executor;
 pub mod worker;
+pub mod graph;
 pub mod replay;

@@ -27,7 +27,7 @@ pub(crate) fn quantize_q80(input: &[f32], output: &mut [Q80Block]) {
 /// reference build is an x86-64 one, so its float-to-integer casts behave like this.
 #[inline]
 pub(crate) fn cvtt_x86(v: f32) -> i32 {
-    if v >= -2_147_483_648.0 && v < 2_147_483_648.0 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&v) {
         v as i32
     } else {
         i32::MIN
@@ -38,7 +38,7 @@ pub(crate) fn cvtt_x86(v: f32) -> i32 {
 #[inline]
 pub(crate) fn round_half_away(v: f32) -> i32 {
     let t = cvtt_x86(v);
-    if !(v.abs() < 8_388_608.0) {
+    if v.abs() >= 8_388_608.0 || v.is_nan() {
         // Already an integer (or NaN / out of range): nothing to round.
         return t;
     }

@@ -239,7 +239,7 @@ pub fn e2e_case_inputs(d: usize, nb: usize, batch: usize) -> (Vec<f32>, Vec<f32>
 
 /// x86 `cvttss2si`/`cvtps2dq` on out-of-range input: the "integer indefinite" `i32::MIN`.
 pub fn cvt_x86(v: f32) -> i32 {
-    if v.is_nan() || v >= 2147483648.0 || v < -2147483648.0 {
+    if !(-2147483648.0..2147483648.0).contains(&v) {
         i32::MIN
     } else {
         v as i32
@@ -327,7 +327,7 @@ pub fn f32_order(isa: Isa, n: usize, batch: usize) -> F32Order {
     match isa {
         Isa::Scalar => F32Order::Sequential,
         Isa::Avx2 => F32Order::Lanes(8),
-        Isa::Avx512 if batch > 1 && n % 16 == 0 => F32Order::Lanes(16),
+        Isa::Avx512 if batch > 1 && n.is_multiple_of(16) => F32Order::Lanes(16),
         Isa::Avx512 => F32Order::Lanes(8),
         Isa::Neon | Isa::NeonDotprod => F32Order::Lanes(4),
     }
