@@ -70,7 +70,10 @@ const SCENARIOS: [(&str, &[&str]); 4] = [
         "qwen3-q40",
         &["2nodes", "3nodes", "2nodes-neon", "2nodes-neon-dotprod"],
     ),
-    ("qwen3moe-q40", &["2nodes", "3nodes", "2nodes-neon", "2nodes-long"]),
+    (
+        "qwen3moe-q40",
+        &["2nodes", "3nodes", "2nodes-neon", "2nodes-long"],
+    ),
 ];
 
 /// Which bytes of an encoded node config dllama leaves uninitialised, found by re-encoding the
@@ -178,7 +181,8 @@ fn check_scenario(variant: &str, scenario: &str) -> usize {
                 continue; // uninitialised stack bytes on the recording build
             }
             assert_eq!(
-                a, b,
+                a,
+                b,
                 "{what}: node config byte {i} (stream offset {})",
                 at.start + i
             );
@@ -233,7 +237,10 @@ fn check_scenario(variant: &str, scenario: &str) -> usize {
         let mut weights = Vec::new();
         plan.encode_node_stream(node, &model, &mut weights).unwrap();
         let at = span(&lay["weights"]);
-        assert_eq!(at.end, num(&lay["weights"]["end_marker_offset"]) as usize + 4);
+        assert_eq!(
+            at.end,
+            num(&lay["weights"]["end_marker_offset"]) as usize + 4
+        );
         assert!(
             weights == stream[at.clone()],
             "{what}: weight stream differs from byte {:?}",
@@ -256,7 +263,11 @@ fn check_root(graph: &LlmGraph, plan: &WeightPlan, what: &str) {
     let root = &graph.nodes[0];
     let mut bytes = Vec::new();
     root.encode(&mut bytes);
-    assert_eq!(&NodeConfig::decode(&bytes, &graph.net).unwrap(), root, "{what}");
+    assert_eq!(
+        &NodeConfig::decode(&bytes, &graph.net).unwrap(),
+        root,
+        "{what}"
+    );
     SyncPlan::new(&graph.net, root).unwrap();
 
     let mut worker = graph.nodes[1].clone();

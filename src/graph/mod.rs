@@ -372,8 +372,11 @@ fn slices(c: &ModelConfig, n: u32, weight: FloatType) -> Result<Slices, GraphErr
     // Row slices keep whole rows of `dim` values; column slices cut every row of q_dim and
     // ffn_dim values (dllama's splitters assert whole blocks for both).
     let block = block_values(weight);
-    for (what, value) in [("dim", c.dim), ("q_dim per node", q_d0), ("ffn_dim per node", ff_d0)]
-    {
+    for (what, value) in [
+        ("dim", c.dim),
+        ("q_dim per node", q_d0),
+        ("ffn_dim per node", ff_d0),
+    ] {
         if !value.is_multiple_of(block) {
             return Err(GraphError::NotBlockAligned { what, value });
         }
@@ -428,10 +431,7 @@ impl LlmGraph {
                 pipe("TOK", size2(FloatType::F32, nb, 1, "TOK pipe")?),
                 pipe("X", size2(FloatType::F32, nb, c.dim, "X pipe")?),
                 pipe("LG", size2(FloatType::F32, nb, c.vocab_size, "LG pipe")?),
-                pipe(
-                    "ZQ",
-                    size2(sync, nb, mul(c.dim, n, "ZQ pipe")?, "ZQ pipe")?,
-                ),
+                pipe("ZQ", size2(sync, nb, mul(c.dim, n, "ZQ pipe")?, "ZQ pipe")?),
             ],
             pre_syncs: vec![pipes.position],
         };

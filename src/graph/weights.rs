@@ -134,11 +134,7 @@ pub struct WeightPlan {
 impl WeightPlan {
     /// Plans the weights of `graph` from the layout table of its model file.
     pub fn new(graph: &LlmGraph, layout: &ModelLayout) -> Result<WeightPlan, WeightPlanError> {
-        if layout
-            .config()
-            .with_max_seq_len(graph.params.max_seq_len)
-            != graph.config
-        {
+        if layout.config().with_max_seq_len(graph.params.max_seq_len) != graph.config {
             return Err(WeightPlanError::ModelMismatch);
         }
         let n_nodes = graph.params.n_nodes;
@@ -166,10 +162,10 @@ impl WeightPlan {
                     offset: slice.op_offset,
                     n_bytes: slice.bytes.total_bytes(),
                 };
-                let config = graph.nodes.get(node as usize).ok_or(WeightPlanError::NotAWorker {
-                    node,
-                    n_nodes,
-                })?;
+                let config = graph
+                    .nodes
+                    .get(node as usize)
+                    .ok_or(WeightPlanError::NotAWorker { node, n_nodes })?;
                 let target =
                     config
                         .check_weight(&header)
