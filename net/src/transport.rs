@@ -255,6 +255,13 @@ fn poll_fds(fds: &mut [libc::pollfd]) -> io::Result<()> {
     }
 }
 
+/// One turn of a turbo-mode busy wait. dllama retries at once; we also give the CPU away
+/// (`sched_yield`), which returns at once when no other thread wants the core and keeps two
+/// spinning peers on an oversubscribed machine from starving each other.
+fn spin_wait() {
+    std::thread::yield_now();
+}
+
 /// Process CPU time (what C's `clock()` measures, which dllama's turbo timeout uses).
 pub fn process_cpu_time() -> Duration {
     let mut ts = libc::timespec {
@@ -369,7 +376,7 @@ impl Connection {
                             return Ok(false);
                         }
                     }
-                    core::hint::spin_loop();
+                    spin_wait();
                 }
             }
         }
@@ -399,7 +406,7 @@ impl Connection {
                             io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                         ) =>
                     {
-                        core::hint::spin_loop()
+                        spin_wait()
                     }
                     Err(e) => return Err(self.io(context, e)),
                 }
@@ -471,7 +478,7 @@ impl Connection {
                                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                                 ) =>
                             {
-                                core::hint::spin_loop()
+                                spin_wait()
                             }
                             Err(e) => return Err(self.io(context, e)),
                         }
@@ -674,7 +681,7 @@ impl Network {
             }
             if !progress {
                 if self.turbo {
-                    core::hint::spin_loop();
+                    spin_wait();
                 } else {
                     let mut fds = Vec::with_capacity(n);
                     for (i, c) in out_range.clone().enumerate() {
