@@ -27,6 +27,24 @@ if command -v qemu-aarch64 >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
       cargo test --release --target aarch64-unknown-linux-gnu -p airllama-kernels
   done
+
+  step "golden replay: aarch64 airllama worker under qemu-aarch64, x86 airllama replay as root"
+  cargo build --release -p airllama
+  cargo build --release --target aarch64-unknown-linux-gnu -p airllama
+  target_dir="${CARGO_TARGET_DIR:-target}"
+  driver="$target_dir/release/airllama"
+  arm_worker="$target_dir/aarch64-unknown-linux-gnu/release/airllama"
+  # Plain NEON (no dotprod in HWCAP) must match 2nodes-neon, SDOT must match 2nodes-neon-dotprod.
+  for leg in cortex-a72:2nodes-neon cortex-a76:2nodes-neon-dotprod; do
+    cpu="${leg%%:*}" folder="${leg#*:}"
+    for dir in ../shared/golden/*/"$folder"; do
+      [ -f "$dir/manifest.json" ] || continue
+      for n in 1 2; do
+        echo "-- $dir: qemu-aarch64 -cpu $cpu, --nthreads $n"
+        "$driver" replay "$dir" --worker-cmd "qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu $arm_worker worker --host 127.0.0.1 --port {port} --nthreads $n"
+      done
+    done
+  done
 else
   echo "SKIPPED: aarch64 NEON tests (qemu-aarch64, aarch64-linux-gnu-gcc or the rustup target is missing; run scripts/setup.sh)"
 fi

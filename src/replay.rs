@@ -466,7 +466,7 @@ fn split_command(cmd: &str) -> Option<Vec<String>> {
 
 /// True when something listens on TCP `port` (IPv4, any address), read from `/proc/net/tcp`.
 /// Connecting to find out is not an option: the worker would take the probe for its root.
-fn port_is_listening(port: u16) -> bool {
+pub fn port_is_listening(port: u16) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
         return false;
     };
@@ -782,7 +782,35 @@ fn connect(port: u16) -> Result<TcpStream, ReplayError> {
 /// Runs the recorded session of `options.worker_index` against a worker started with
 /// `options.worker_cmd` and compares every byte. The worker process is killed at the end.
 pub fn replay(scenario: &Scenario, options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
-    let w = options.worker_index;
+    check_worker_index(scenario, options.worker_index)?;
+    let port = match options.port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let deadline = Instant::now() + options.timeout;
+    let mut worker = WorkerProcess::start(options, port)?;
+    while !port_is_listening(port) {
+        let exited = worker.exited();
+        if exited.is_some() || Instant::now() > deadline {
+            let seconds = options.timeout.as_secs();
+            return Err(ReplayError::NotListening {
+                port,
+                seconds,
+                exited: exited.unwrap_or_default(),
+                log: worker.stop(),
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let streams = replay_running(scenario, options.worker_index, port, options.timeout);
+    let worker_log = worker.stop();
+    Ok(ReplayReport {
+        streams: streams?,
+        worker_log,
+    })
+}
+
+fn check_worker_index(scenario: &Scenario, w: usize) -> Result<(), ReplayError> {
     let n_workers = scenario.n_workers;
     if w >= n_workers {
         return Err(ReplayError::NoSuchWorker {
@@ -793,16 +821,25 @@ pub fn replay(scenario: &Scenario, options: &ReplayOptions) -> Result<ReplayRepo
     if n_workers > 2 {
         return Err(ReplayError::TooManyWorkers(n_workers));
     }
+    Ok(())
+}
+
+/// Plays worker `w`'s recorded session against a worker already listening on `127.0.0.1:port`
+/// (which keeps running afterwards) and returns the outcome of each connection.
+pub fn replay_running(
+    scenario: &Scenario,
+    w: usize,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<StreamOutcome>, ReplayError> {
+    check_worker_index(scenario, w)?;
+    let n_workers = scenario.n_workers;
     let manifest = scenario.dir.join("manifest.json");
     let root = scenario
         .connection(w, "root")
         .ok_or_else(|| manifest_error(&manifest, format!("no root connection for worker {w}")))?;
     let layout = scenario.layouts[w].clone();
-    let port = match options.port {
-        Some(p) => p,
-        None => free_port()?,
-    };
-    let deadline = Instant::now() + options.timeout;
+    let deadline = Instant::now() + timeout;
 
     // 3 nodes, worker 0: we play worker 1 and listen for worker 0 to connect to us.
     let mut peer_listener = None;
@@ -824,21 +861,6 @@ pub fn replay(scenario: &Scenario, options: &ReplayOptions) -> Result<ReplayRepo
         if w == 0 {
             peer_listener = Some(listener);
         }
-    }
-
-    let mut worker = WorkerProcess::start(options, port)?;
-    while !port_is_listening(port) {
-        let exited = worker.exited();
-        if exited.is_some() || Instant::now() > deadline {
-            let seconds = options.timeout.as_secs();
-            return Err(ReplayError::NotListening {
-                port,
-                seconds,
-                exited: exited.unwrap_or_default(),
-                log: worker.stop(),
-            });
-        }
-        thread::sleep(Duration::from_millis(20));
     }
 
     let first: FirstBytes = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
@@ -910,11 +932,7 @@ pub fn replay(scenario: &Scenario, options: &ReplayOptions) -> Result<ReplayRepo
             failure: Some(f),
         });
     }
-    let worker_log = worker.stop();
-    Ok(ReplayReport {
-        streams,
-        worker_log,
-    })
+    Ok(streams)
 }
 
 fn wait_flag(flag: &FirstBytes, deadline: Instant) -> bool {

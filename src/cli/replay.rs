@@ -1,5 +1,6 @@
 //! `airllama replay`: play a recorded golden dllama session against a worker and compare every
 //! byte it sends (see `airllama::replay`).
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,15 +54,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     options.port = args.port;
     options.timeout = Duration::from_secs(args.timeout);
     let report = replay(&scenario, &options)?;
-    print!("{report}");
+    // A closed stdout (e.g. piped into `head`) must not turn a verdict into a panic.
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{report}");
     if args.verbose && report.passed() {
-        print!("{}", report.worker_log);
+        let _ = write!(out, "{}", report.worker_log);
     }
-    if report.passed() {
-        println!("replay OK");
-        Ok(ExitCode::SUCCESS)
+    let verdict = if report.passed() {
+        "replay OK"
     } else {
-        println!("replay FAILED");
-        Ok(ExitCode::FAILURE)
-    }
+        "replay FAILED"
+    };
+    let _ = writeln!(out, "{verdict}");
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
