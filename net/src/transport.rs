@@ -255,11 +255,17 @@ fn poll_fds(fds: &mut [libc::pollfd]) -> io::Result<()> {
     }
 }
 
-/// One turn of a turbo-mode busy wait. dllama retries at once; we also give the CPU away
-/// (`sched_yield`), which returns at once when no other thread wants the core and keeps two
-/// spinning peers on an oversubscribed machine from starving each other.
-fn spin_wait() {
-    std::thread::yield_now();
+/// One turn of a turbo-mode busy wait, `turn` counting from 0. dllama retries at once; we
+/// also give the CPU away (`sched_yield`) every 64th turn, which costs nothing when no other
+/// thread wants the core and keeps two spinning peers on an oversubscribed machine from
+/// starving each other, while the retry count of a control-packet read still means about what
+/// it means in dllama.
+fn spin_wait(turn: u64) {
+    if turn % 64 == 63 {
+        std::thread::yield_now();
+    } else {
+        core::hint::spin_loop();
+    }
 }
 
 /// Process CPU time (what C's `clock()` measures, which dllama's turbo timeout uses).
@@ -363,6 +369,7 @@ impl Connection {
         context: &'static str,
     ) -> Result<bool> {
         let mut done = 0;
+        let mut turn = 0u64;
         while let Some(rest) = buf.get_mut(done..) {
             if rest.is_empty() {
                 break;
@@ -376,7 +383,8 @@ impl Connection {
                             return Ok(false);
                         }
                     }
-                    spin_wait();
+                    spin_wait(turn);
+                    turn += 1;
                 }
             }
         }
@@ -386,6 +394,7 @@ impl Connection {
 
     /// dllama's `NnNetwork::write`: 4096-byte chunks, spinning on would-block in turbo mode.
     fn write_chunks(&mut self, data: &[u8], context: &'static str) -> Result<()> {
+        let mut turn = 0u64;
         for chunk in data.chunks(MAX_CHUNK_SIZE) {
             let mut done = 0;
             while let Some(rest) = chunk.get(done..) {
@@ -406,7 +415,8 @@ impl Connection {
                             io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                         ) =>
                     {
-                        spin_wait()
+                        spin_wait(turn);
+                        turn += 1;
                     }
                     Err(e) => return Err(self.io(context, e)),
                 }
@@ -460,6 +470,7 @@ impl Connection {
                     let room = needed.max(64 << 10).min(MAX_CONFIG_MESSAGE_BYTES - start);
                     buf.resize(start + room, 0);
                     let mut got = 0;
+                    let mut turn = 0u64;
                     while got < needed {
                         let Some(dst) = buf.get_mut(start + got..) else {
                             break;
@@ -478,7 +489,8 @@ impl Connection {
                                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                                 ) =>
                             {
-                                spin_wait()
+                                spin_wait(turn);
+                                turn += 1;
                             }
                             Err(e) => return Err(self.io(context, e)),
                         }
@@ -626,6 +638,7 @@ impl Network {
                 *pos += conn.take_ahead(buf);
             }
         }
+        let mut turn = 0u64;
         loop {
             let mut pending = false;
             let mut progress = false;
@@ -681,7 +694,8 @@ impl Network {
             }
             if !progress {
                 if self.turbo {
-                    spin_wait();
+                    spin_wait(turn);
+                    turn += 1;
                 } else {
                     let mut fds = Vec::with_capacity(n);
                     for (i, c) in out_range.clone().enumerate() {
@@ -1062,6 +1076,7 @@ impl WorkerSession {
 pub struct ControlReader {
     turbo_allowed: bool,
     idle_limit: Duration,
+    attempts: u64,
     first_attempt: bool,
     start: Duration,
 }
@@ -1072,6 +1087,7 @@ impl ControlReader {
         ControlReader {
             turbo_allowed: turbo,
             idle_limit: TURBO_IDLE_CPU_TIME,
+            attempts: CONTROL_READ_ATTEMPTS,
             first_attempt: true,
             start: Duration::ZERO,
         }
@@ -1080,6 +1096,13 @@ impl ControlReader {
     /// Changes the idle CPU time after which turbo mode is left (tests).
     pub fn with_idle_limit(mut self, limit: Duration) -> ControlReader {
         self.idle_limit = limit;
+        self
+    }
+
+    /// Changes how many would-blocks a turbo-mode read waits before checking the idle clock
+    /// (tests; at least 1).
+    pub fn with_read_attempts(mut self, attempts: u64) -> ControlReader {
+        self.attempts = attempts.max(1);
         self
     }
 
@@ -1096,7 +1119,7 @@ impl ControlReader {
             if self.first_attempt {
                 self.start = process_cpu_time();
             }
-            if !network.try_read_exact(0, &mut bytes, CONTROL_READ_ATTEMPTS)? {
+            if !network.try_read_exact(0, &mut bytes, self.attempts)? {
                 if network.is_turbo()
                     && !self.first_attempt
                     && process_cpu_time().saturating_sub(self.start) > self.idle_limit

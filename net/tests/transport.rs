@@ -136,7 +136,11 @@ fn turbo_switches_like_dllama_and_errors_name_the_peer() {
     let worker = thread::spawn(move || {
         let (net, node) = configs(1024, 1);
         let mut session = listener.accept_root().unwrap();
-        let mut control = ControlReader::new(true).with_idle_limit(Duration::from_millis(30));
+        // dllama: 10000 attempts and 1 s of CPU time; shortened so that the test does not
+        // depend on how busy the machine is.
+        let mut control = ControlReader::new(true)
+            .with_idle_limit(Duration::ZERO)
+            .with_read_attempts(10);
         let first = control.next(&mut session.network, &net, &node).unwrap();
         assert_eq!(
             first,
@@ -195,8 +199,8 @@ fn turbo_switches_like_dllama_and_errors_name_the_peer() {
         .to_bytes(),
     )
     .unwrap();
-    // Let the worker spin well past its 30 ms CPU budget.
-    thread::sleep(Duration::from_millis(600));
+    // Let the worker give up spinning.
+    thread::sleep(Duration::from_millis(1000));
     root.write_all(
         &ControlPacket {
             position: 5,
