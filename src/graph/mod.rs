@@ -164,10 +164,44 @@ pub enum GraphError {
         /// The pipe, buffer or op.
         what: &'static str,
     },
+    /// More nodes than key/value heads: a node's key/value slice would be part of a head.
+    /// dllama's root refuses this before building (see [`check_dllama_root_limits`]).
+    #[error("{n_nodes} nodes but only {n_kv_heads} key/value heads")]
+    MoreNodesThanKvHeads {
+        /// The node count.
+        n_nodes: u32,
+        /// Key/value heads.
+        n_kv_heads: u32,
+    },
+    /// Q40 weights with F32 sync: dllama's CPU ops have no F32 × Q40 matmul, and its root
+    /// refuses this before building (see [`check_dllama_root_limits`]).
+    #[error("Q40 weights need the q80 buffer float type")]
+    Q40NeedsQ80Sync,
     /// The built config does not pass the wire codec's validation (a bug in this builder or a
     /// model outside what the codec accepts).
     #[error("the built node config fails the codec's validation: {0}")]
     Rejected(#[from] DecodeError),
+}
+
+/// The checks dllama's root (`runInferenceApp`) makes before `buildLlmNet`: at most one node
+/// per key/value head, and Q80 sync for Q40 weights. [`LlmGraph::build`] does not apply them,
+/// because dllama's builder itself accepts such configs; a root should call this first.
+pub fn check_dllama_root_limits(
+    config: &ModelConfig,
+    params: &GraphParams,
+) -> Result<(), GraphError> {
+    if params.n_nodes > config.n_kv_heads {
+        return Err(GraphError::MoreNodesThanKvHeads {
+            n_nodes: params.n_nodes,
+            n_kv_heads: config.n_kv_heads,
+        });
+    }
+    if config.weight_type == airllama_kernels::block::FloatType::Q40
+        && params.sync_type != SyncFloatType::Q80
+    {
+        return Err(GraphError::Q40NeedsQ80Sync);
+    }
+    Ok(())
 }
 
 /// Indexes of the five pipes of dllama's LLM net, in the order it adds them.
