@@ -849,6 +849,64 @@ impl Network {
     }
 }
 
+/// The root's side of a session (dllama's `NnRootConfigWriter`, `NnRootWeightLoader` and
+/// `RootLlmInference`), on a [`Network`] from [`Network::connect_to_workers`].
+impl Network {
+    /// Sends worker `connection` the net config and its node config, waiting for the ACK after
+    /// each (`writeNet` + `writeNode`).
+    pub fn send_configs(
+        &mut self,
+        connection: u32,
+        net: &NetConfig,
+        node: &NodeConfig,
+    ) -> Result<()> {
+        let mut bytes = Vec::new();
+        net.encode(&mut bytes);
+        self.write(connection, &bytes)?;
+        self.read_ack(connection)?;
+        bytes.clear();
+        node.encode(&mut bytes);
+        self.write(connection, &bytes)?;
+        self.read_ack(connection)
+    }
+
+    /// Sends one weight record (`writeWeight`): header, then `data`.
+    pub fn send_weight(
+        &mut self,
+        connection: u32,
+        name: &str,
+        op_index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let mut header = Vec::new();
+        WeightMessage::Record(WeightHeader {
+            name: name.into(),
+            op_index,
+            offset,
+            n_bytes: data.len() as u64,
+        })
+        .encode(&mut header);
+        self.write(connection, &header)?;
+        self.write(connection, data)
+    }
+
+    /// Ends the weight stream of every worker and waits for each one's ACK, in order
+    /// (`NnRootWeightLoader::finish`).
+    pub fn finish_weights(&mut self) -> Result<()> {
+        for connection in 0..self.n_connections() {
+            self.write(connection, &0u32.to_le_bytes())?;
+            self.read_ack(connection)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a control packet to every worker (`writeAll`); a batch size of 0 stops them.
+    pub fn send_control(&mut self, packet: ControlPacket) -> Result<()> {
+        self.write_all(&packet.to_bytes())
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         // dllama's destroySocket: shutdown, then close (the drop of the stream).

@@ -255,3 +255,100 @@ fn replay_three_nodes_worker1_accepts_worker0() {
 fn replay_long_session() {
     replay("qwen3moe-q40/2nodes-long", 0, 1);
 }
+
+/// Both ends on this transport: the root side ([`Network::connect_to_workers`],
+/// `send_configs`, `send_weight`, `finish_weights`, `send_control`, `sync_step` as node 0)
+/// replays the recorded root, the worker side the recorded worker; each side checks every byte
+/// it receives against the recording.
+#[test]
+fn root_and_worker_both_on_this_transport() {
+    use airllama_net::transport::Network;
+    use airllama_net::{ControlPacket, NetConfig, NodeConfig, WeightMessage};
+
+    let dir = golden("llama-q40/2nodes");
+    let to_worker = fs::read(dir.join("w0_c0_root.to_worker.bin")).unwrap();
+    let from_worker = fs::read(dir.join("w0_c0_root.from_worker.bin")).unwrap();
+    let layout = root_stream(&to_worker).unwrap();
+    let net =
+        NetConfig::decode(&to_worker[layout.net_config_offset..layout.node_config_offset]).unwrap();
+    let node = NodeConfig::decode(
+        &to_worker[layout.node_config_offset..layout.weights_offset],
+        &net,
+    )
+    .unwrap();
+
+    let listener = Listener::from_std(TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let worker_output = from_worker[16..].to_vec();
+    let worker_input = to_worker[layout.inference_offset..].to_vec();
+    let worker = thread::spawn(move || {
+        serve_one_session(&listener, &worker_output, &[&worker_input]).unwrap()
+    });
+
+    let mut root = Network::connect_to_workers(&[airllama_net::PeerAddress {
+        host: "127.0.0.1".into(),
+        port,
+    }])
+    .unwrap();
+    root.send_configs(0, &net, &node).unwrap();
+    for &(record, data, n) in &layout.weight_records {
+        let (msg, _) = WeightMessage::decode_prefix(&to_worker[record..]).unwrap();
+        let WeightMessage::Record(h) = msg else {
+            panic!()
+        };
+        root.send_weight(
+            0,
+            &h.name,
+            h.op_index,
+            h.offset,
+            &to_worker[data..data + n as usize],
+        )
+        .unwrap();
+    }
+    root.finish_weights().unwrap();
+    root.set_turbo(true).unwrap();
+
+    // The root's plan: same syncs, node 0.
+    let mut root_node = node.clone();
+    root_node.node_index = 0;
+    let plan = SyncPlan::new(&net, &root_node).unwrap();
+    let mut pipes: Vec<Vec<u8>> = net
+        .pipes
+        .iter()
+        .map(|p| vec![0u8; p.size.n_bytes() as usize])
+        .collect();
+    let mut out_cursor = 16usize;
+    for &(offset, position, batch, _, _) in &layout.forwards {
+        root.send_control(ControlPacket {
+            position,
+            batch_size: batch,
+        })
+        .unwrap();
+        let mut in_cursor = offset + 8;
+        for step in plan.forward(batch).unwrap() {
+            let pipe = &mut pipes[step.sync.pipe_index as usize];
+            let (at, len, to) = step.sends();
+            if !to.is_empty() && len > 0 {
+                let (at, len) = (at as usize, len as usize);
+                pipe[at..at + len].copy_from_slice(&to_worker[in_cursor..in_cursor + len]);
+                in_cursor += len;
+            }
+            root.sync_step(&step, pipe).unwrap();
+            for t in step.receives() {
+                let (at, len) = (t.offset as usize, t.len as usize);
+                assert!(pipe[at..at + len] == from_worker[out_cursor..out_cursor + len]);
+                out_cursor += len;
+            }
+        }
+    }
+    let (_, last_position) = layout.stop.unwrap();
+    root.send_control(ControlPacket {
+        position: last_position,
+        batch_size: 0,
+    })
+    .unwrap();
+    assert_eq!(out_cursor, from_worker.len());
+    let weights = worker.join().unwrap();
+    assert!(weights.iter().flatten().any(|w| w.iter().any(|&b| b != 0)));
+    drop(root);
+}
