@@ -352,3 +352,34 @@ fn root_and_worker_both_on_this_transport() {
     assert!(weights.iter().flatten().any(|w| w.iter().any(|&b| b != 0)));
     drop(root);
 }
+
+/// Every recorded worker stream (all variants and scenarios, both workers of 3 nodes).
+#[test]
+fn replay_every_recorded_worker() {
+    let mut n = 0;
+    let root = golden("");
+    let mut dirs: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|v| v.path().is_dir())
+        .flat_map(|v| fs::read_dir(v.path()).unwrap().flatten())
+        .map(|s| s.path())
+        .filter(|s| s.join("manifest.json").is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let rel = dir
+            .strip_prefix(&root)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        for w in 0..2 {
+            if dir.join(format!("w{w}_c0_root.to_worker.bin")).exists() {
+                replay(&rel, w, 1);
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 23);
+}
