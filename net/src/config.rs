@@ -194,6 +194,47 @@ wire_enum!(
     }
 );
 
+/// dllama's `NnOpQuantType`: `<input>_<weight>_<output>` float types of an op, which picks its
+/// kernel. Not on the wire: derived from the op's pointers and weight ([`OpConfig::quant_type`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpQuantType {
+    /// `F32_F32_F32`
+    F32F32F32,
+    /// `F32_Q40_F32`
+    F32Q40F32,
+    /// `F32_Q40_Q80`
+    F32Q40Q80,
+    /// `F32_F32_Q80`
+    F32F32Q80,
+    /// `Q80_Q80_Q80`
+    Q80Q80Q80,
+    /// `Q80_Q80_F32`
+    Q80Q80F32,
+    /// `Q80_Q40_F32`
+    Q80Q40F32,
+    /// `Q80_F32_F32`
+    Q80F32F32,
+}
+
+impl OpQuantType {
+    /// dllama's `getOpQuantType`; `weight` is `None` for ops without a weight (`F_UNK`, which
+    /// then stands for the input type). `None` for combinations dllama rejects.
+    pub fn new(input: FloatType, weight: Option<FloatType>, output: FloatType) -> Option<Self> {
+        use FloatType::{F32, Q40, Q80};
+        Some(match (input, weight, output) {
+            (F32, None | Some(F32), F32) => OpQuantType::F32F32F32,
+            (F32, Some(Q40), F32) => OpQuantType::F32Q40F32,
+            (F32, None | Some(F32), Q80) => OpQuantType::F32F32Q80,
+            (F32, Some(Q40), Q80) => OpQuantType::F32Q40Q80,
+            (Q80, None | Some(Q80), F32) => OpQuantType::Q80Q80F32,
+            (Q80, Some(F32), F32) => OpQuantType::Q80F32F32,
+            (Q80, Some(Q40), F32) => OpQuantType::Q80Q40F32,
+            (Q80, None | Some(Q80), Q80) => OpQuantType::Q80Q80Q80,
+            _ => return None,
+        })
+    }
+}
+
 fn check_index(index: u32, count: usize, context: &'static str) -> Result<(), DecodeError> {
     if (index as usize) < count {
         Ok(())
@@ -1099,6 +1140,33 @@ impl OpConfig {
     /// The op code.
     pub fn code(&self) -> OpCode {
         self.params.code()
+    }
+
+    /// The op's `<input>_<weight>_<output>` type, from the float types of the pipes or buffers
+    /// its pointers name (`buffers` = the node config's). An error when a pointer is out of range
+    /// or dllama has no such combination.
+    pub fn quant_type(
+        &self,
+        net: &NetConfig,
+        buffers: &[BufferConfig],
+    ) -> Result<OpQuantType, DecodeError> {
+        let float_type = |p: &PointerConfig| {
+            let size = match p.source {
+                PointerSource::Pipe => net.pipes.get(p.index as usize).map(|x| x.size),
+                PointerSource::Buffer => buffers.get(p.index as usize).map(|x| x.size),
+            };
+            size.and_then(|s| s.float_type())
+                .ok_or(DecodeError::Inconsistent {
+                    context: "op pointer float type",
+                })
+        };
+        let input = float_type(&self.input)?;
+        let output = float_type(&self.output)?;
+        OpQuantType::new(input, self.weight_size.float_type(), output).ok_or(
+            DecodeError::Inconsistent {
+                context: "op quant type (input/weight/output float types)",
+            },
+        )
     }
 
     fn decode(r: &mut Reader<'_>, bounds: &Bounds<'_>) -> Result<OpConfig, DecodeError> {

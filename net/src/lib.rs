@@ -44,7 +44,7 @@ pub mod transport;
 pub use codec::{ACK, Reader};
 pub use config::{
     BufferConfig, EmptyConfig, FloatType, InvRmsConfig, MatmulConfig, MoeGateConfig,
-    MultiHeadAttConfig, NetConfig, NodeConfig, OpCode, OpConfig, OpParams, PipeConfig,
+    MultiHeadAttConfig, NetConfig, NodeConfig, OpCode, OpConfig, OpParams, OpQuantType, PipeConfig,
     PointerConfig, PointerSource, PointerType, RmsNormConfig, RopeConfig, RopeSlice, RopeType,
     SegmentConfig, Size3D, SyncConfig, SyncType, WeightHeader, WeightTarget,
 };

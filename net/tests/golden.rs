@@ -168,6 +168,11 @@ fn every_root_stream_decodes_and_matches_the_manifest() {
                 assert_eq!(s.row_bytes, u(&want["pipe_batch_bytes"]));
                 assert_eq!(s.slice_bytes, u(&want["slice_bytes"]));
             }
+            // Every op has a type combination dllama supports.
+            for (_, _, op) in node.ops() {
+                op.quant_type(&net, &node.buffers)
+                    .unwrap_or_else(|e| panic!("{what}: {} {}: {e}", op.name, op.index));
+            }
             // One-byte configs of empty structs are kept as received.
             let empties: Vec<u8> = node
                 .ops()
