@@ -40,7 +40,7 @@ pub const MAX_DIMS: u32 = 4;
 #[non_exhaustive]
 pub enum GgufError {
     /// Opening or mapping the file failed.
-    #[error("reading GGUF file: {0}")]
+    #[error("reading GGUF file")]
     Io(#[from] std::io::Error),
     /// The input ended before `what` could be read.
     #[error("GGUF truncated while reading {what} at offset {offset}")]

@@ -147,7 +147,7 @@ pub enum TokenizerFileError {
     #[error("invalid airllama tokenizer extension: {0}")]
     BadExtension(&'static str),
     /// Writing failed.
-    #[error("writing tokenizer file: {0}")]
+    #[error("writing tokenizer file")]
     Io(#[from] io::Error),
 }
 

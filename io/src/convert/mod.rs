@@ -94,13 +94,13 @@ pub enum ConvertError {
     #[error("tensor {0:?} holds a NaN or infinite value")]
     NonFinite(String),
     /// The header values do not form a valid `.m` header.
-    #[error("invalid model header: {0}")]
+    #[error("invalid model header")]
     Header(#[from] ModelHeaderError),
     /// The tokenizer does not form a valid `.t` file.
-    #[error("invalid tokenizer: {0}")]
+    #[error("invalid tokenizer")]
     Tokenizer(#[from] TokenizerFileError),
     /// Writing failed.
-    #[error("writing output: {0}")]
+    #[error("writing output")]
     Io(#[from] io::Error),
 }
 
