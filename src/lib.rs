@@ -6,3 +6,6 @@ pub mod executor;
 pub mod worker;
 pub mod graph;
 pub mod replay;
+pub mod tokenizer;
+pub mod sampler;
+pub mod chat_template;
