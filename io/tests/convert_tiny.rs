@@ -317,6 +317,18 @@ fn tokenizer_with_specials_last_keeps_true_bos() {
     assert_eq!(t.eos_ids, [261, 262]);
     assert_eq!(t.vocab[5].score, 2.5);
 
+    let plan = ModelPlan::from_gguf(&header, FloatType::Q40).unwrap();
+    assert!(plan.check_tokenizer(&t).is_ok());
+    let mut short = t.clone();
+    short.vocab.pop();
+    assert!(matches!(
+        plan.check_tokenizer(&short),
+        Err(ConvertError::VocabSizeMismatch {
+            model: 263,
+            tokenizer: 262
+        })
+    ));
+
     let mut g = tiny_llama();
     g.str("tokenizer.ggml.model", "bert");
     let header = GgufHeader::parse(&g.build()).unwrap();

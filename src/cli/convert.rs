@@ -97,6 +97,7 @@ fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} cannot be converted", a.input.display()))?;
     let tokenizer = tokenizer_from_gguf(gguf.header())
         .with_context(|| format!("converting the tokenizer of {}", a.input.display()))?;
+    plan.check_tokenizer(&tokenizer)?;
     let tokenizer_bytes = tokenizer.to_bytes().context("encoding the tokenizer")?;
 
     let c = plan.header.config();

@@ -22,7 +22,7 @@ use airllama_kernels::block::{BLOCK_SIZE, FloatType};
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, GgufHeader, GgufValue, TensorInfo};
 use crate::model::{ArchType, HiddenAct, ModelHeader, ModelHeaderError, ModelParams, NormEpsilon};
-use crate::tokenizer_file::TokenizerFileError;
+use crate::tokenizer_file::{TokenizerFile, TokenizerFileError};
 
 pub use tokenizer::tokenizer_from_gguf;
 
@@ -99,6 +99,15 @@ pub enum ConvertError {
     /// The tokenizer does not form a valid `.t` file.
     #[error("invalid tokenizer")]
     Tokenizer(#[from] TokenizerFileError),
+    /// The tokenizer's vocabulary and the model's differ in size (dllama's sampler would read
+    /// past the logits).
+    #[error("the tokenizer has {tokenizer} tokens but the model's vocabulary is {model}")]
+    VocabSizeMismatch {
+        /// Model vocabulary size.
+        model: u32,
+        /// Tokenizer vocabulary size.
+        tokenizer: usize,
+    },
     /// Writing failed.
     #[error("writing output")]
     Io(#[from] io::Error),
@@ -396,6 +405,18 @@ impl ModelPlan {
             tensors,
             tied_embeddings,
         })
+    }
+
+    /// Checks that a tokenizer fits this model (same vocabulary size, as dllama needs).
+    pub fn check_tokenizer(&self, tokenizer: &TokenizerFile) -> Result<(), ConvertError> {
+        let model = self.header.config().vocab_size;
+        if tokenizer.vocab.len() != model as usize {
+            return Err(ConvertError::VocabSizeMismatch {
+                model,
+                tokenizer: tokenizer.vocab.len(),
+            });
+        }
+        Ok(())
     }
 
     /// Size of the `.m` file this plan writes.
