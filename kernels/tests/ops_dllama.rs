@@ -160,7 +160,7 @@ fn scale_factor() -> usize {
 
 fn cases() -> Vec<Case> {
     let scale = scale_factor();
-    let mut r = Rng(0x5eed_0f_d11a);
+    let mut r = Rng(0x5e_ed0f_d11a);
     let mut out = Vec::new();
     for n in (1..=40).chain([255, 515 * scale]) {
         for n_threads in [1, 3] {
