@@ -398,3 +398,114 @@ fn weight_plan_checks() {
         Err(WeightPlanError::FileTooShort { .. })
     ));
 }
+
+/// A layout for a header without its weights (the layout table reports the size it needs).
+fn layout_without_weights(header: &ModelHeader) -> Option<ModelLayout> {
+    match ModelLayout::new(header, 0) {
+        Err(airllama_io::layout::LayoutError::FileTooShort { expected, .. }) => {
+            ModelLayout::new(header, expected).ok()
+        }
+        _ => None,
+    }
+}
+
+/// `shape` = (dim, query heads, query heads per key/value head, explicit head_dim).
+fn arch_params(
+    arch: ArchType,
+    shape: (u32, u32, u32, Option<u32>),
+    hidden: u32,
+    vocab: u32,
+    experts: (u32, u32),
+    weight_type: WeightType,
+) -> ModelParams {
+    let (dim, n_heads, kv_div, head_dim) = shape;
+    let moe = arch == ArchType::Qwen3Moe;
+    ModelParams {
+        arch,
+        hidden_act: HiddenAct::Silu,
+        dim,
+        hidden_dim: hidden,
+        n_layers: 2,
+        n_heads,
+        n_kv_heads: (n_heads / kv_div).max(1),
+        weight_type,
+        seq_len: 64,
+        vocab_size: vocab,
+        n_experts: if moe { experts.0 } else { 0 },
+        n_active_experts: if moe { experts.1.min(experts.0) } else { 0 },
+        rope_theta: None,
+        rope_scaling: None,
+        head_dim,
+        norm_epsilon: None,
+        moe_hidden_dim: moe.then_some(hidden / 2),
+    }
+}
+
+/// Whatever the header and node count, building never panics; a graph that builds validates
+/// with the codec (inside `build`), and whenever the layout table accepts the node count the
+/// weight plan covers every weighted op of every node.
+fn check_any(params: ModelParams, n_nodes: u32, sync: SyncFloatType) {
+    let Ok(header) = params.to_header() else {
+        return;
+    };
+    let Ok(graph) = build(&header, n_nodes, sync) else {
+        return;
+    };
+    assert_eq!(graph.nodes.len() as u32, n_nodes);
+    let Some(layout) = layout_without_weights(&header) else {
+        return;
+    };
+    if layout.node_split(n_nodes).is_ok() {
+        let plan = WeightPlan::new(&graph, &layout).unwrap();
+        assert!(plan.node_bytes(0) > 0);
+    }
+}
+
+fn arch() -> impl proptest::strategy::Strategy<Value = ArchType> {
+    proptest::sample::select(vec![ArchType::Llama, ArchType::Qwen3, ArchType::Qwen3Moe])
+}
+
+fn weight() -> impl proptest::strategy::Strategy<Value = WeightType> {
+    proptest::sample::select(vec![WeightType::F32, WeightType::Q40])
+}
+
+fn sync() -> impl proptest::strategy::Strategy<Value = SyncFloatType> {
+    proptest::sample::select(vec![SyncFloatType::F32, SyncFloatType::Q80])
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(128))]
+
+    /// Arbitrary small shapes: mostly refusals, which must be typed errors.
+    #[test]
+    fn arbitrary_shapes_never_panic(
+        arch in arch(), dim in 1u32..600, n_heads in 1u32..20, kv_div in 1u32..5,
+        head_dim in proptest::option::of(1u32..80), hidden in 1u32..1200, vocab in 1u32..700,
+        experts in (1u32..9, 1u32..4), weight in weight(), n_nodes in 0u32..10, sync in sync(),
+    ) {
+        check_any(
+            arch_params(arch, (dim, n_heads, kv_div, head_dim), hidden, vocab, experts, weight),
+            n_nodes,
+            sync,
+        );
+    }
+
+    /// Shapes like real models (power-of-two heads, block-aligned dims): mostly graphs that
+    /// build, which must validate and get a complete weight plan.
+    #[test]
+    fn aligned_shapes_build_and_plan(
+        arch in arch(), heads_log in 0u32..5, kv_log in 0u32..3, head_dim_log in 3u32..7,
+        hidden_blocks in 1u32..24, vocab_blocks in 1u32..40, experts in (1u32..9, 1u32..4),
+        weight in weight(), nodes_log in 0u32..4, sync in sync(),
+    ) {
+        let n_heads = 1 << heads_log;
+        let head_dim = 1 << head_dim_log;
+        let n_nodes = 1 << nodes_log;
+        let dim = (n_heads * head_dim).max(32);
+        let params = arch_params(
+            arch, (dim, n_heads, 1 << kv_log, Some(head_dim)), 64 * hidden_blocks,
+            32 * vocab_blocks, experts, weight,
+        );
+        check_any(params, n_nodes, sync);
+    }
+}

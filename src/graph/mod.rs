@@ -48,6 +48,11 @@ use airllama_net::{
 /// dllama's batch capacity: `nBatches` is fixed at 32 in its apps.
 pub const DLLAMA_N_BATCHES: u32 = 32;
 
+/// Most layers a graph is built for. A layer adds two segments, two buffers and at most 34 ops
+/// to every node config, so 1024 layers stay inside the wire codec's limits on segments,
+/// buffers and ops; the largest models dllama runs have about 126.
+pub const MAX_LAYERS: u32 = 1024;
+
 /// The float type of the synchronised activations (dllama's `--buffer-float-type`): it decides
 /// the `ZQ` pipe's type and whether the quantizing CAST ops and `q_*` buffers exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,6 +168,18 @@ pub enum GraphError {
     Shape {
         /// The pipe, buffer or op.
         what: &'static str,
+    },
+    /// A count above what the wire codec accepts (see [`MAX_LAYERS`] and
+    /// `airllama_net::limits`); checked before anything is built, so a hostile header cannot
+    /// make the builder allocate without bound.
+    #[error("{what} = {value} exceeds the limit {limit}")]
+    TooLarge {
+        /// Which count.
+        what: &'static str,
+        /// Its value.
+        value: u32,
+        /// The limit.
+        limit: u32,
     },
     /// More nodes than key/value heads: a node's key/value slice would be part of a head.
     /// dllama's root refuses this before building (see [`check_dllama_root_limits`]).
@@ -346,8 +363,7 @@ impl Buffers {
             name: name.into(),
             size,
         });
-        // Bounded by the fixed buffer list plus two per layer; n_layers is a u32 from the
-        // header and the codec's limit check rejects absurd counts after the build.
+        // At most 23 fixed buffers plus two per layer (n_layers <= MAX_LAYERS).
         (self.0.len() - 1) as u32
     }
 }
@@ -439,6 +455,24 @@ impl LlmGraph {
         }
         if params.n_batches == 0 {
             return Err(GraphError::ZeroBatches);
+        }
+        for (what, value, limit) in [
+            ("nodes", n, airllama_net::limits::MAX_NODES),
+            (
+                "batch capacity",
+                params.n_batches,
+                airllama_net::limits::MAX_BATCHES,
+            ),
+            ("layers", config.n_layers, MAX_LAYERS),
+            (
+                "experts",
+                config.n_experts,
+                airllama_net::limits::MAX_EXPERTS,
+            ),
+        ] {
+            if value > limit {
+                return Err(GraphError::TooLarge { what, value, limit });
+            }
         }
         let weight = wire_type(config.weight_type);
         let s = slices(&config, n, weight)?;
