@@ -171,9 +171,14 @@ pub fn matmul_q80_q40(
     match (backend.isa(), order) {
         (Isa::Scalar, _) => scalar::matmul::matmul_q80_q40(outs, xs, w_rows, nb),
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        (Isa::Avx2 | Isa::Avx512, MatmulOrder::TinyBlas) => {
-            // SAFETY: `backend` proves AVX2 + FMA + F16C (Avx512 implies them).
+        (Isa::Avx2, MatmulOrder::TinyBlas) => {
+            // SAFETY: `backend` proves AVX2 + FMA + F16C.
             unsafe { crate::arch::x86::tinyblas::matmul_q80_q40_avx2(outs, xs, w_rows, nb) }
+        }
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        (Isa::Avx512, MatmulOrder::TinyBlas) => {
+            // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C.
+            unsafe { crate::arch::x86::tinyblas::matmul_q80_q40_avx512(outs, xs, w_rows, nb) }
         }
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         (Isa::Avx2 | Isa::Avx512, MatmulOrder::Row) => {

@@ -90,7 +90,8 @@ pub fn quantize_q80(backend: Backend, input: &[f32], output: &mut [Q80Block]) {
     match backend.isa() {
         Isa::Scalar => scalar::quant::quantize_q80(input, output),
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        // SAFETY: `backend` proves AVX2 (Avx512 implies it), the only feature the body enables.
+        // SAFETY: `backend` proves AVX2 and F16C (Avx512 implies them), the features the body
+        // enables.
         Isa::Avx2 | Isa::Avx512 => unsafe {
             crate::arch::x86::quant::quantize_q80_avx2(input, output)
         },

@@ -32,17 +32,17 @@ pub(crate) fn hsum4(x: float32x4_t) -> f32 {
 pub(crate) unsafe fn matmul_f32_neon(outs: &mut [&mut [f32]], xs: &[f32], w: &[f32], n: usize) {
     let rows = outs.first().map_or(0, |o| o.len());
     let full = n / 4 * 4;
-    for (b, out) in outs.iter_mut().enumerate() {
-        let x = &xs[b * n..(b + 1) * n];
-        let mut x_tail = [0.0f32; 4];
-        x_tail[..n - full].copy_from_slice(&x[full..]);
-        let mut r0 = 0;
-        while r0 < rows {
-            // Rows past the end repeat the last row; their results are discarded.
-            let row: [&[f32]; ROWS] = core::array::from_fn(|i| {
-                let r = (r0 + i).min(rows - 1);
-                &w[r * n..(r + 1) * n]
-            });
+    let mut r0 = 0;
+    while r0 < rows {
+        // Rows past the end repeat the last row; their results are discarded.
+        let row: [&[f32]; ROWS] = core::array::from_fn(|i| {
+            let r = (r0 + i).min(rows - 1);
+            &w[r * n..(r + 1) * n]
+        });
+        for (b, out) in outs.iter_mut().enumerate() {
+            let x = &xs[b * n..(b + 1) * n];
+            let mut x_tail = [0.0f32; 4];
+            x_tail[..n - full].copy_from_slice(&x[full..]);
             let mut acc = [vdupq_n_f32(0.0); ROWS];
             let mut j = 0;
             while j < full {
@@ -70,8 +70,8 @@ pub(crate) unsafe fn matmul_f32_neon(outs: &mut [&mut [f32]], xs: &[f32], w: &[f
                     out[r0 + i] = hsum4(a);
                 }
             }
-            r0 += ROWS;
         }
+        r0 += ROWS;
     }
 }
 
@@ -176,14 +176,14 @@ pub(crate) unsafe fn matmul_q80_q40_neon(
     nb: usize,
 ) {
     let rows = outs.first().map_or(0, |o| o.len());
-    for (b, out) in outs.iter_mut().enumerate() {
-        let x = &xs[b * nb..(b + 1) * nb];
-        let mut r0 = 0;
-        while r0 < rows {
-            let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
-                let r = (r0 + i).min(rows - 1);
-                &w[r * nb..(r + 1) * nb]
-            });
+    let mut r0 = 0;
+    while r0 < rows {
+        let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
+            let r = (r0 + i).min(rows - 1);
+            &w[r * nb..(r + 1) * nb]
+        });
+        for (b, out) in outs.iter_mut().enumerate() {
+            let x = &xs[b * nb..(b + 1) * nb];
             let mut acc = [[vdupq_n_f32(0.0); 4]; ROWS];
             let mut j = 0;
             while j + 1 < nb {
@@ -219,8 +219,8 @@ pub(crate) unsafe fn matmul_q80_q40_neon(
                     out[r0 + i] = sum_accumulators(a);
                 }
             }
-            r0 += ROWS;
         }
+        r0 += ROWS;
     }
 }
 
@@ -238,14 +238,14 @@ pub(crate) unsafe fn matmul_q80_q40_dotprod(
     nb: usize,
 ) {
     let rows = outs.first().map_or(0, |o| o.len());
-    for (b, out) in outs.iter_mut().enumerate() {
-        let x = &xs[b * nb..(b + 1) * nb];
-        let mut r0 = 0;
-        while r0 < rows {
-            let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
-                let r = (r0 + i).min(rows - 1);
-                &w[r * nb..(r + 1) * nb]
-            });
+    let mut r0 = 0;
+    while r0 < rows {
+        let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
+            let r = (r0 + i).min(rows - 1);
+            &w[r * nb..(r + 1) * nb]
+        });
+        for (b, out) in outs.iter_mut().enumerate() {
+            let x = &xs[b * nb..(b + 1) * nb];
             let mut acc = [[vdupq_n_f32(0.0); 4]; ROWS];
             let mut j = 0;
             while j + 3 < nb {
@@ -274,7 +274,7 @@ pub(crate) unsafe fn matmul_q80_q40_dotprod(
                     out[r0 + i] = sum_accumulators(a);
                 }
             }
-            r0 += ROWS;
         }
+        r0 += ROWS;
     }
 }

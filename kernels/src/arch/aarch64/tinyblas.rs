@@ -33,18 +33,20 @@ pub(crate) unsafe fn matmul_q80_q40_dotprod(
     if rows == 0 {
         return;
     }
-    let mut b0 = 0;
-    while b0 < items {
-        // Items past the end repeat the last item; their results are discarded.
-        let x: [&[Q80Block]; RN] = core::array::from_fn(|k| {
-            let b = (b0 + k).min(items - 1);
-            &xs[b * nb..(b + 1) * nb]
+    // Rows outside, items inside (as tinyBLAS orders its tiles): a tile's weight rows stay in
+    // cache while every batch item passes over them.
+    let mut r0 = 0;
+    while r0 < rows {
+        let row: [&[Q40Block]; RM] = core::array::from_fn(|i| {
+            let r = (r0 + i).min(rows - 1);
+            &w[r * nb..(r + 1) * nb]
         });
-        let mut r0 = 0;
-        while r0 < rows {
-            let row: [&[Q40Block]; RM] = core::array::from_fn(|i| {
-                let r = (r0 + i).min(rows - 1);
-                &w[r * nb..(r + 1) * nb]
+        let mut b0 = 0;
+        while b0 < items {
+            // Items past the end repeat the last item; their results are discarded.
+            let x: [&[Q80Block]; RN] = core::array::from_fn(|k| {
+                let b = (b0 + k).min(items - 1);
+                &xs[b * nb..(b + 1) * nb]
             });
             let mut acc = [[vdupq_n_f32(0.0); RM]; RN];
             for l in 0..nb {
@@ -65,8 +67,8 @@ pub(crate) unsafe fn matmul_q80_q40_dotprod(
                     }
                 }
             }
-            r0 += RM;
+            b0 += RN;
         }
-        b0 += RN;
+        r0 += RM;
     }
 }

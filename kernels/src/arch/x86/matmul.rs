@@ -34,49 +34,108 @@ pub(crate) fn tail_mask8(len: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), lane)
 }
 
+/// Walks the output in tiles of `$rm` weight rows × `$rn` batch items, calling
+/// `$tile(row_ptrs, item_ptrs, results)` with rows and items past the end replaced by the last
+/// ones (their results are discarded), then stores the results into `outs`.
+macro_rules! tiles {
+    ($outs:expr, $xs:expr, $w:expr, $row_len:expr, $rm:expr, $rn:expr, $zero:expr, $tile:expr) => {{
+        let outs: &mut [&mut [f32]] = $outs;
+        let rows = outs.first().map_or(0, |o| o.len());
+        let items = outs.len();
+        let row_len: usize = $row_len;
+        // Rows outside, items inside (as tinyBLAS orders its tiles): a tile's weight rows stay
+        // in cache while every batch item passes over them.
+        let mut r0 = 0;
+        while r0 < rows && items > 0 {
+            let row: [_; $rm] =
+                core::array::from_fn(|i| $w[(r0 + i).min(rows - 1) * row_len..].as_ptr());
+            let mut b0 = 0;
+            while b0 < items {
+                let item: [_; $rn] =
+                    core::array::from_fn(|k| $xs[(b0 + k).min(items - 1) * row_len..].as_ptr());
+                let mut res = [[$zero; $rm]; $rn];
+                $tile(&row, &item, &mut res);
+                for (k, res_k) in res.iter().enumerate().take(items - b0) {
+                    for (i, v) in res_k.iter().enumerate().take(rows - r0) {
+                        outs[b0 + k][r0 + i] = *v;
+                    }
+                }
+                b0 += $rn;
+            }
+            r0 += $rm;
+        }
+    }};
+}
+pub(crate) use tiles;
+
+/// One `RM × RN` tile of 8-lane F32 dots: `acc = fma(x, w, acc)` per 8 values (the masked tail
+/// loads zeros), then [`hsum8`].
+///
+/// # Safety
+/// Every pointer starts `n` readable floats.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn f32_tile8<const RM: usize, const RN: usize>(
+    row: &[*const f32; RM],
+    item: &[*const f32; RN],
+    n: usize,
+    res: &mut [[f32; RM]; RN],
+) {
+    let full = n / 8 * 8;
+    let mask = tail_mask8(n - full);
+    let mut acc = [[_mm256_setzero_ps(); RM]; RN];
+    let mut j = 0;
+    while j < full {
+        let mut wv = [_mm256_setzero_ps(); RM];
+        for i in 0..RM {
+            // SAFETY: j + 8 <= n.
+            wv[i] = unsafe { _mm256_loadu_ps(row[i].add(j)) };
+        }
+        for k in 0..RN {
+            // SAFETY: j + 8 <= n.
+            let xv = unsafe { _mm256_loadu_ps(item[k].add(j)) };
+            for i in 0..RM {
+                acc[k][i] = _mm256_fmadd_ps(xv, wv[i], acc[k][i]);
+            }
+        }
+        j += 8;
+    }
+    if full < n {
+        for k in 0..RN {
+            // SAFETY: the mask enables only lanes j..n.
+            let xv = unsafe { _mm256_maskload_ps(item[k].add(j), mask) };
+            for i in 0..RM {
+                // SAFETY: as above.
+                let wv = unsafe { _mm256_maskload_ps(row[i].add(j), mask) };
+                acc[k][i] = _mm256_fmadd_ps(xv, wv, acc[k][i]);
+            }
+        }
+    }
+    for k in 0..RN {
+        for i in 0..RM {
+            res[k][i] = hsum8(acc[k][i]);
+        }
+    }
+}
+
 /// F32 rows, 8 lanes: `acc = fma(x, w, acc)` per 8 values, then [`hsum8`]. Also llamafile's
 /// `tinyBLAS<8, __m256>` element order, so the AVX2 build's batched F32 matmul is this too.
+/// Lengths that are not a multiple of 8 are treated as zero-padded.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA. Shapes as checked by [`crate::matmul::matmul_f32`].
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn matmul_f32_avx2(outs: &mut [&mut [f32]], xs: &[f32], w: &[f32], n: usize) {
-    let rows = outs.first().map_or(0, |o| o.len());
-    let full = n / 8 * 8;
-    let mask = tail_mask8(n - full);
-    for (b, out) in outs.iter_mut().enumerate() {
-        let x = &xs[b * n..(b + 1) * n];
-        let mut r0 = 0;
-        while r0 < rows {
-            // Rows past the end repeat the last row; their results are discarded.
-            let row_ptr: [*const f32; ROWS] =
-                core::array::from_fn(|i| w[(r0 + i).min(rows - 1) * n..].as_ptr());
-            let mut acc = [_mm256_setzero_ps(); ROWS];
-            let mut j = 0;
-            while j < full {
-                // SAFETY: j + 8 <= n, so 8 floats from j are inside `x` and inside each row.
-                let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(j)) };
-                for (a, p) in acc.iter_mut().zip(row_ptr) {
-                    // SAFETY: as above, for a row of `n` floats starting at `p`.
-                    *a = _mm256_fmadd_ps(xv, unsafe { _mm256_loadu_ps(p.add(j)) }, *a);
-                }
-                j += 8;
-            }
-            if full < n {
-                // SAFETY: the mask enables only lanes j..n, inside `x` and each row.
-                let xv = unsafe { _mm256_maskload_ps(x.as_ptr().add(j), mask) };
-                for (a, p) in acc.iter_mut().zip(row_ptr) {
-                    // SAFETY: as above.
-                    *a = _mm256_fmadd_ps(xv, unsafe { _mm256_maskload_ps(p.add(j), mask) }, *a);
-                }
-            }
-            for (i, a) in acc.into_iter().enumerate() {
-                if r0 + i < rows {
-                    out[r0 + i] = hsum8(a);
-                }
-            }
-            r0 += ROWS;
-        }
+    if outs.len() == 1 {
+        // SAFETY: `tiles!` hands out pointers to whole rows / items of `n` floats.
+        tiles!(outs, xs, w, n, 4, 1, 0.0f32, |r, x, res| unsafe {
+            f32_tile8::<4, 1>(r, x, n, res)
+        });
+    } else {
+        // SAFETY: as above.
+        tiles!(outs, xs, w, n, 4, 3, 0.0f32, |r, x, res| unsafe {
+            f32_tile8::<4, 3>(r, x, n, res)
+        });
     }
 }
 
@@ -128,15 +187,15 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
     }
     let eights = _mm256_set1_epi8(8);
     let ones = _mm256_set1_epi16(1);
-    for (b, out) in outs.iter_mut().enumerate() {
-        let x = &xs[b * nb..(b + 1) * nb];
-        let mut r0 = 0;
-        while r0 < rows {
-            // Rows past the end repeat the last row; their results are discarded.
-            let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
-                let r = (r0 + i).min(rows - 1);
-                &w[r * nb..(r + 1) * nb]
-            });
+    let mut r0 = 0;
+    while r0 < rows {
+        // Rows past the end repeat the last row; their results are discarded.
+        let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
+            let r = (r0 + i).min(rows - 1);
+            &w[r * nb..(r + 1) * nb]
+        });
+        for (b, out) in outs.iter_mut().enumerate() {
+            let x = &xs[b * nb..(b + 1) * nb];
             let mut sum = _mm_setzero_ps();
             for (j, xb) in x.iter().enumerate() {
                 let xq = q80_codes(xb);
@@ -165,7 +224,7 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
                     out[r0 + i] = v;
                 }
             }
-            r0 += ROWS;
         }
+        r0 += ROWS;
     }
 }

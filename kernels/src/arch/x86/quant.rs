@@ -6,26 +6,34 @@ use crate::block::{BLOCK_SIZE, Q40Block, Q80Block};
 use crate::quant::f32_to_f16;
 use crate::scalar::quant::signed_absmax;
 
-/// Mirrors dllama's AVX2 Q80 quantizer instruction for instruction: `amax` by `vmaxps` over
-/// four 8-lane vectors and a 128-bit max tree, `d = amax / 127`, `id = 1 / d`, then per value
-/// `vroundps` (nearest even) of `x · id`, converted to int32 and truncated to its low byte.
+/// Mirrors dllama's AVX2 Q80 quantizer: `amax` by `vmaxps` over four 8-lane vectors and a
+/// 128-bit max tree, `d = amax / 127`, `id = 1 / d`, then per value `vroundps` (nearest even)
+/// of `x · id`, converted to int32 and truncated to its low byte (dllama picks byte 0 of each
+/// lane with `pshufb`; masking to the low byte and packing without saturation is the same).
 ///
 /// # Safety
-/// The CPU must support AVX2. `input.len() == output.len() * 32`.
-#[target_feature(enable = "avx2")]
+/// The CPU must support AVX2 and F16C. `input.len() == output.len() * 32`.
+#[target_feature(enable = "avx2,f16c")]
 pub(crate) unsafe fn quantize_q80_avx2(input: &[f32], output: &mut [Q80Block]) {
     debug_assert_eq!(input.len(), output.len() * BLOCK_SIZE);
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    // Byte 0 of each 32-bit lane, packed into the low 4 bytes.
-    let shuffle = _mm_set_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 12, 8, 4, 0);
+    let low_byte = _mm256_set1_epi32(0xff);
+    let lane_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (x, y) in input.chunks_exact(BLOCK_SIZE).zip(output.iter_mut()) {
-        // SAFETY: `x` holds 32 floats, so each 8-float load at 0, 8, 16, 24 is in bounds.
-        let v: [__m256; 4] =
-            unsafe { core::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(i * 8))) };
-        let mut max_abs = _mm256_setzero_ps();
-        for vec in v {
-            max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(vec, abs_mask));
-        }
+        let p = x.as_ptr();
+        // SAFETY: `x` holds 32 floats: the loads at 0, 8, 16 and 24 are in bounds.
+        let (v0, v1, v2, v3) = unsafe {
+            (
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            )
+        };
+        let mut max_abs = _mm256_max_ps(_mm256_setzero_ps(), _mm256_and_ps(v0, abs_mask));
+        max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(v1, abs_mask));
+        max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(v2, abs_mask));
+        max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(v3, abs_mask));
         let max_hi = _mm256_extractf128_ps::<1>(max_abs);
         let max_lo = _mm256_castps256_ps128(max_abs);
         let mut max_128 = _mm_max_ps(max_hi, max_lo);
@@ -35,22 +43,22 @@ pub(crate) unsafe fn quantize_q80_avx2(input: &[f32], output: &mut [Q80Block]) {
 
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        y.d = f32_to_f16(d).to_le_bytes();
+        let dh = _mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_set_ss(d));
+        y.d = (_mm_cvtsi128_si32(dh) as u16).to_le_bytes();
         let id_vec = _mm256_set1_ps(id);
-        for (i, vec) in v.into_iter().enumerate() {
-            let scaled = _mm256_mul_ps(vec, id_vec);
-            let rounded =
-                _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(scaled);
-            let ints = _mm256_cvtps_epi32(rounded);
-            let low = _mm_shuffle_epi8(_mm256_castsi256_si128(ints), shuffle);
-            let high = _mm_shuffle_epi8(_mm256_extracti128_si256::<1>(ints), shuffle);
-            let packed = (_mm_cvtsi128_si32(low) as u32 as u64)
-                | ((_mm_cvtsi128_si32(high) as u32 as u64) << 32);
-            let bytes = packed.to_le_bytes();
-            for (q, b) in y.qs[i * 8..i * 8 + 8].iter_mut().zip(bytes) {
-                *q = b as i8;
-            }
-        }
+        let code = |v: __m256| {
+            let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(v, id_vec),
+            );
+            _mm256_and_si256(_mm256_cvtps_epi32(rounded), low_byte)
+        };
+        // Low bytes in 0..=255 pass both unsigned-saturating packs unchanged; the packs work
+        // per 128-bit half, which the final lane permutation undoes.
+        let words01 = _mm256_packus_epi32(code(v0), code(v1));
+        let words23 = _mm256_packus_epi32(code(v2), code(v3));
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words01, words23), lane_order);
+        // SAFETY: `qs` is 32 bytes, one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(y.qs.as_mut_ptr().cast(), bytes) };
     }
 }
 

@@ -15,14 +15,8 @@
 //!   `-128`: that quirk is reproduced by using the same instructions.
 use core::arch::x86_64::*;
 
-use super::matmul::{hsum8, q40_codes, q80_codes};
+use super::matmul::{hsum8, q40_codes, q80_codes, tiles};
 use crate::block::{Q40Block, Q80Block};
-use crate::quant::f16_to_f32;
-
-/// Weight rows per tile.
-const RM: usize = 4;
-/// Batch items per tile.
-const RN: usize = 2;
 
 /// The AVX-512 build's `hsum(__m512)`: `_mm512_reduce_add_ps` as GCC 12 expands it.
 #[target_feature(enable = "avx512f,avx2")]
@@ -33,6 +27,56 @@ fn hsum16(x: __m512) -> f32 {
     hsum8(_mm256_add_ps(hi, lo))
 }
 
+/// One `RM × RN` tile of 16-lane F32 dots (`_mm512_fmadd_ps`, masked zero-padded tail), then
+/// [`hsum16`].
+///
+/// # Safety
+/// Every pointer starts `n` readable floats.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn f32_tile16<const RM: usize, const RN: usize>(
+    row: &[*const f32; RM],
+    item: &[*const f32; RN],
+    n: usize,
+    res: &mut [[f32; RM]; RN],
+) {
+    let full = n / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (n - full)) - 1) as __mmask16;
+    let mut acc = [[_mm512_setzero_ps(); RM]; RN];
+    let mut j = 0;
+    while j < full {
+        let mut wv = [_mm512_setzero_ps(); RM];
+        for i in 0..RM {
+            // SAFETY: j + 16 <= n.
+            wv[i] = unsafe { _mm512_loadu_ps(row[i].add(j)) };
+        }
+        for k in 0..RN {
+            // SAFETY: j + 16 <= n.
+            let xv = unsafe { _mm512_loadu_ps(item[k].add(j)) };
+            for i in 0..RM {
+                acc[k][i] = _mm512_fmadd_ps(wv[i], xv, acc[k][i]);
+            }
+        }
+        j += 16;
+    }
+    if full < n {
+        for k in 0..RN {
+            // SAFETY: the mask enables only lanes j..n.
+            let xv = unsafe { _mm512_maskz_loadu_ps(tail, item[k].add(j)) };
+            for i in 0..RM {
+                // SAFETY: as above.
+                let wv = unsafe { _mm512_maskz_loadu_ps(tail, row[i].add(j)) };
+                acc[k][i] = _mm512_fmadd_ps(wv, xv, acc[k][i]);
+            }
+        }
+    }
+    for k in 0..RN {
+        for i in 0..RM {
+            res[k][i] = hsum16(acc[k][i]);
+        }
+    }
+}
+
 /// F32 in llamafile's AVX-512 order. Rows whose length is not a multiple of 16 are treated as
 /// zero-padded (dllama itself only takes this path when `n % 16 == 0`).
 ///
@@ -41,68 +85,104 @@ fn hsum16(x: __m512) -> f32 {
 /// [`crate::matmul::matmul_f32`].
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn matmul_f32_avx512(outs: &mut [&mut [f32]], xs: &[f32], w: &[f32], n: usize) {
-    const R: usize = 4;
-    const B: usize = 4;
-    let rows = outs.first().map_or(0, |o| o.len());
-    let items = outs.len();
-    if rows == 0 {
-        return;
-    }
-    let full = n / 16 * 16;
-    let tail: __mmask16 = ((1u32 << (n - full)) - 1) as __mmask16;
-    let mut b0 = 0;
-    while b0 < items {
-        // Items past the end repeat the last item; their results are discarded.
-        let x_ptr: [*const f32; B] =
-            core::array::from_fn(|k| xs[(b0 + k).min(items - 1) * n..].as_ptr());
-        let mut r0 = 0;
-        while r0 < rows {
-            let w_ptr: [*const f32; R] =
-                core::array::from_fn(|i| w[(r0 + i).min(rows - 1) * n..].as_ptr());
-            let mut acc = [[_mm512_setzero_ps(); R]; B];
-            let mut j = 0;
-            while j < full {
-                // SAFETY: j + 16 <= n: 16 floats from j are inside every row and input.
-                let wv: [__m512; R] =
-                    core::array::from_fn(|i| unsafe { _mm512_loadu_ps(w_ptr[i].add(j)) });
-                for (acc_b, xp) in acc.iter_mut().zip(x_ptr) {
-                    // SAFETY: as above.
-                    let xv = unsafe { _mm512_loadu_ps(xp.add(j)) };
-                    for (a, wvi) in acc_b.iter_mut().zip(wv) {
-                        *a = _mm512_fmadd_ps(wvi, xv, *a);
-                    }
-                }
-                j += 16;
-            }
-            if full < n {
-                // SAFETY: the mask enables only lanes j..n, inside every row and input.
-                let wv: [__m512; R] = core::array::from_fn(|i| unsafe {
-                    _mm512_maskz_loadu_ps(tail, w_ptr[i].add(j))
-                });
-                for (acc_b, xp) in acc.iter_mut().zip(x_ptr) {
-                    // SAFETY: as above.
-                    let xv = unsafe { _mm512_maskz_loadu_ps(tail, xp.add(j)) };
-                    for (a, wvi) in acc_b.iter_mut().zip(wv) {
-                        *a = _mm512_fmadd_ps(wvi, xv, *a);
-                    }
-                }
-            }
-            for (k, acc_b) in acc.iter().enumerate() {
-                if b0 + k < items {
-                    for (i, a) in acc_b.iter().enumerate() {
-                        if r0 + i < rows {
-                            outs[b0 + k][r0 + i] = hsum16(*a);
-                        }
-                    }
-                }
-            }
-            r0 += R;
-        }
-        b0 += B;
+    if outs.len() == 1 {
+        // SAFETY: `tiles!` hands out pointers to whole rows / items of `n` floats.
+        tiles!(outs, xs, w, n, 4, 1, 0.0f32, |r, x, res| unsafe {
+            f32_tile16::<4, 1>(r, x, n, res)
+        });
+    } else {
+        // SAFETY: as above.
+        tiles!(outs, xs, w, n, 4, 4, 0.0f32, |r, x, res| unsafe {
+            f32_tile16::<4, 4>(r, x, n, res)
+        });
     }
 }
 
-/// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds).
+/// One half-precision scale, converted with F16C (exact, like dllama's lookup table).
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+pub(crate) fn scale(d: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        u16::from_le_bytes(d),
+    ))))
+}
+
+/// The body of one `RM × RN` tile in `tinyBLAS_Q0_AVX2` order, shared by the AVX2 and AVX-512
+/// instantiations (the latter only gets more registers).
+macro_rules! q40_tile_body {
+    ($row:expr, $item:expr, $nb:expr, $res:expr, $rm:expr, $rn:expr) => {{
+        let (row, item, nb, res): (
+            &[*const Q40Block; $rm],
+            &[*const Q80Block; $rn],
+            usize,
+            &mut [[f32; $rm]; $rn],
+        ) = ($row, $item, $nb, $res);
+        let eight = _mm256_set1_epi8(8);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); $rm]; $rn];
+        for l in 0..nb {
+            let mut wq = [_mm256_setzero_si256(); $rm];
+            let mut wu = [_mm256_setzero_si256(); $rm];
+            let mut wd = [0.0f32; $rm];
+            for i in 0..$rm {
+                // SAFETY: every row pointer starts `nb` blocks.
+                let wb = unsafe { &*row[i].add(l) };
+                wq[i] = _mm256_sub_epi8(q40_codes(wb), eight);
+                wu[i] = _mm256_sign_epi8(wq[i], wq[i]);
+                wd[i] = scale(wb.d);
+            }
+            for k in 0..$rn {
+                // SAFETY: every item pointer starts `nb` blocks.
+                let xb = unsafe { &*item[k].add(l) };
+                let xq = q80_codes(xb);
+                let xd = scale(xb.d);
+                for i in 0..$rm {
+                    let s = _mm256_sign_epi8(xq, wq[i]);
+                    let dot =
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(wu[i], s)));
+                    acc[k][i] = _mm256_fmadd_ps(_mm256_set1_ps(wd[i] * xd), dot, acc[k][i]);
+                }
+            }
+        }
+        for k in 0..$rn {
+            for i in 0..$rm {
+                res[k][i] = hsum8(acc[k][i]);
+            }
+        }
+    }};
+}
+
+/// A 4 × 2 tile with AVX2's 16 vector registers.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; every pointer starts `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q40_tile_avx2(
+    row: &[*const Q40Block; 4],
+    item: &[*const Q80Block; 2],
+    nb: usize,
+    res: &mut [[f32; 4]; 2],
+) {
+    q40_tile_body!(row, item, nb, res, 4, 2)
+}
+
+/// A 4 × 4 tile: the same instructions, with AVX-512VL's 32 registers to hold the accumulators.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/VL with AVX2, FMA and F16C; every pointer starts `nb` blocks.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn q40_tile_avx512(
+    row: &[*const Q40Block; 4],
+    item: &[*const Q80Block; 4],
+    nb: usize,
+    res: &mut [[f32; 4]; 4],
+) {
+    q40_tile_body!(row, item, nb, res, 4, 4)
+}
+
+/// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds), AVX2 registers.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C. Shapes as checked by
@@ -114,55 +194,26 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
     w: &[Q40Block],
     nb: usize,
 ) {
-    let rows = outs.first().map_or(0, |o| o.len());
-    let items = outs.len();
-    if rows == 0 {
-        return;
-    }
-    let eight = _mm256_set1_epi8(8);
-    let ones = _mm256_set1_epi16(1);
-    let mut b0 = 0;
-    while b0 < items {
-        // Items past the end repeat the last item; their results are discarded.
-        let x: [&[Q80Block]; RN] = core::array::from_fn(|k| {
-            let b = (b0 + k).min(items - 1);
-            &xs[b * nb..(b + 1) * nb]
-        });
-        let mut r0 = 0;
-        while r0 < rows {
-            let row: [&[Q40Block]; RM] = core::array::from_fn(|i| {
-                let r = (r0 + i).min(rows - 1);
-                &w[r * nb..(r + 1) * nb]
-            });
-            let mut acc = [[_mm256_setzero_ps(); RM]; RN];
-            for l in 0..nb {
-                let wq: [__m256i; RM] =
-                    core::array::from_fn(|i| _mm256_sub_epi8(q40_codes(&row[i][l]), eight));
-                let wd: [f32; RM] =
-                    core::array::from_fn(|i| f16_to_f32(u16::from_le_bytes(row[i][l].d)));
-                for (acc_b, xb) in acc.iter_mut().zip(x) {
-                    let xq = q80_codes(&xb[l]);
-                    let xd = f16_to_f32(u16::from_le_bytes(xb[l].d));
-                    for ((a, &wqi), &wdi) in acc_b.iter_mut().zip(&wq).zip(&wd) {
-                        let u = _mm256_sign_epi8(wqi, wqi);
-                        let s = _mm256_sign_epi8(xq, wqi);
-                        let dot =
-                            _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s)));
-                        *a = _mm256_fmadd_ps(_mm256_set1_ps(wdi * xd), dot, *a);
-                    }
-                }
-            }
-            for (k, acc_b) in acc.iter().enumerate() {
-                if b0 + k < items {
-                    for (i, a) in acc_b.iter().enumerate() {
-                        if r0 + i < rows {
-                            outs[b0 + k][r0 + i] = hsum8(*a);
-                        }
-                    }
-                }
-            }
-            r0 += RM;
-        }
-        b0 += RN;
-    }
+    // SAFETY: `tiles!` hands out pointers to whole rows / items of `nb` blocks.
+    tiles!(outs, xs, w, nb, 4, 2, 0.0f32, |r, x, res| unsafe {
+        q40_tile_avx2(r, x, nb, res)
+    });
+}
+
+/// As [`matmul_q80_q40_avx2`] (same bits), with AVX-512VL registers for bigger tiles.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/VL, AVX2, FMA and F16C. Shapes as checked by
+/// [`crate::matmul::matmul_q80_q40`]; `nb` is the number of blocks per row.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40_avx512(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40Block],
+    nb: usize,
+) {
+    // SAFETY: `tiles!` hands out pointers to whole rows / items of `nb` blocks.
+    tiles!(outs, xs, w, nb, 4, 4, 0.0f32, |r, x, res| unsafe {
+        q40_tile_avx512(r, x, nb, res)
+    });
 }
