@@ -43,6 +43,7 @@ macro_rules! dispatch {
 
 pub mod activation;
 pub mod attention;
+pub mod cast;
 pub mod elementwise;
 pub mod math;
 pub mod moe;
@@ -53,6 +54,7 @@ pub mod rope;
 pub use activation::gelu;
 pub use activation::silu;
 pub use attention::{AttentionShape, multihead_attention, softmax};
+pub use cast::{cast_f32_to_q80, cast_q80_to_f32, row_index};
 pub use elementwise::{copy, merge_add_f32, merge_add_q80, merge_sum, mul_f32, mul_q80, scale};
 pub use moe::{MoeGateError, moe_gate, sort_desc_indices};
 pub use norm::{inv_rms, rms_norm_f32, rms_norm_q80};
