@@ -76,25 +76,38 @@ fn node_counts_that_do_not_split_are_refused() {
             n_nodes: 5
         })
     );
-    // 4 nodes: 48 query rows per node, so wo's column slice would cut a Q40 block.
+    // 4 nodes: 1.5 key/value heads per node (dllama would attend with the wrong heads).
     assert_eq!(
         build(&q40, 4, SyncFloatType::Q80),
-        Err(GraphError::NotBlockAligned {
-            what: "q_dim per node",
-            value: 48
+        Err(GraphError::NotDivisible {
+            what: "n_kv_heads",
+            value: 6,
+            n_nodes: 4
         })
     );
-    // The same shapes in F32 have no blocks to cut.
-    let f32 = golden_header("llama-f32");
-    assert!(build(&f32, 4, SyncFloatType::F32).is_ok());
-    // Qwen3: 4 nodes leave 48 key/value dims per node, not whole 32-dim heads for the k norm.
+    // 320 feed-forward rows over 4 nodes = 80 per node: w2's column slice would cut a Q40
+    // block; the same shapes in F32 have no blocks to cut.
+    let mut shapes = llama(128, 4, 4, WeightType::Q40);
+    shapes.hidden_dim = 320;
+    let header = shapes.to_header().unwrap();
+    assert!(build(&header, 2, SyncFloatType::Q80).is_ok());
+    assert_eq!(
+        build(&header, 4, SyncFloatType::Q80),
+        Err(GraphError::NotBlockAligned {
+            what: "ffn_dim per node",
+            value: 80
+        })
+    );
+    shapes.weight_type = WeightType::F32;
+    assert!(build(&shapes.to_header().unwrap(), 4, SyncFloatType::F32).is_ok());
+    // Qwen3: 4 nodes would also cut the k norm's 32-dim heads.
     let qwen = golden_header("qwen3-q40");
     assert_eq!(
         build(&qwen, 4, SyncFloatType::Q80),
-        Err(GraphError::PartialHead {
-            what: "kv_dim",
-            value: 48,
-            head_dim: 32
+        Err(GraphError::NotDivisible {
+            what: "n_kv_heads",
+            value: 6,
+            n_nodes: 4
         })
     );
     // A RoPE pair split between nodes: 12 query dims over 4 nodes → 3 per node.

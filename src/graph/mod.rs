@@ -144,16 +144,6 @@ pub enum GraphError {
         /// Key/value dimensions.
         kv_dim: u32,
     },
-    /// Qwen3's per-head q/k norms need whole heads on every node.
-    #[error("{what} per node = {value} is not a whole number of {head_dim}-value heads")]
-    PartialHead {
-        /// `q_dim` or `kv_dim`.
-        what: &'static str,
-        /// The per-node value.
-        value: u32,
-        /// The head dimension.
-        head_dim: u32,
-    },
     /// A quantized matmul slice would cut a 32-value block.
     #[error("{what} = {value} values is not a whole number of blocks of the weight type")]
     NotBlockAligned {
@@ -397,6 +387,11 @@ fn slices(c: &ModelConfig, n: u32, weight: FloatType) -> Result<Slices, GraphErr
         }
     };
     let n_heads0 = divide("n_heads", c.n_heads)?;
+    // dllama's attention maps a node's query head to `local head / (n_heads / n_kv_heads)` in
+    // the node's own key/value slice: that is only right when every node holds whole
+    // key/value heads. dllama's builder does not check it (its root only refuses more nodes
+    // than key/value heads); a split head would compute wrong attention silently.
+    divide("n_kv_heads", c.n_kv_heads)?;
     let q_d0 = divide("q_dim", c.q_dim)?;
     let kv_d0 = divide("kv_dim", c.kv_dim)?;
     let ff_d0 = divide("ffn_dim", c.ffn_dim())?;
@@ -407,16 +402,11 @@ fn slices(c: &ModelConfig, n: u32, weight: FloatType) -> Result<Slices, GraphErr
             kv_dim: c.kv_dim,
         });
     }
+    // Whole query and key/value heads per node (the divisions above) also give Qwen3's per-head
+    // q/k norms whole heads, which dllama asserts.
     for (what, value) in [("q_dim", q_d0), ("kv_dim", kv_d0)] {
         if !value.is_multiple_of(2) {
             return Err(GraphError::OddRopeSlice { what, value });
-        }
-        if c.arch.has_qk_norm() && !value.is_multiple_of(c.head_dim) {
-            return Err(GraphError::PartialHead {
-                what,
-                value,
-                head_dim: c.head_dim,
-            });
         }
     }
     // Row slices keep whole rows of `dim` values; column slices cut every row of q_dim and
