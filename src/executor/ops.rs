@@ -104,16 +104,53 @@ fn position(positions: &[f32], y: usize, limit: usize) -> Option<usize> {
     }
 }
 
-/// Runs the job on the pool, then reports the first failure.
+/// Ops with less work than this (in rough element operations) run their thread parts one
+/// after another on the calling thread instead of waking the pool: the parts and so the bits are
+/// the same, and a pool round trip costs more than such an op (and much more on a busy machine).
+const PARALLEL_MIN_WORK: usize = 1 << 15;
+
+/// Rough element operations of one forward of `op` over `batch` items.
+fn work(op: &OpPlan, batch: usize) -> usize {
+    let (i, o) = (&op.input, &op.output);
+    let rows = |v: &View| batch * v.z;
+    match op.kernel {
+        Kernel::MergeAddF32 { slices } | Kernel::MergeAddQ80 { slices } => batch * o.x * slices,
+        Kernel::MergeSum => batch * o.x * i.z,
+        Kernel::InvRms { .. } | Kernel::RmsNormF32 { .. } | Kernel::RmsNormQ80 { .. } => {
+            batch * i.x
+        }
+        Kernel::MatmulF32 { n, d, .. } | Kernel::MatmulQ40 { n, d, .. } => rows(o) * n * d,
+        Kernel::Rope { dim0, .. } => batch * dim0 * 4,
+        Kernel::MultiHeadAtt {
+            n_heads0,
+            head_dim,
+            seq_len,
+            ..
+        } => batch * n_heads0 * head_dim * seq_len,
+        Kernel::Silu | Kernel::Gelu | Kernel::Softmax => rows(o) * o.x * 16,
+        _ => rows(o) * o.x,
+    }
+}
+
+/// Runs the job for every thread index (on the pool, or inline when `inline`), then reports
+/// the first failure.
 fn run(
-    ctx_pool: &mut ThreadPool,
+    pool: &mut ThreadPool,
+    inline: bool,
     op: &OpPlan,
     failure: Failure,
     job: &(dyn Fn(usize, &Failure) + Sync),
 ) -> Result<(), ExecutorError> {
-    ctx_pool
-        .run(&|t| job(t, &failure))
-        .map_err(|e| failed(op, e.0))?;
+    if inline {
+        let n = pool.n_threads();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (0..n).for_each(|t| job(t, &failure))
+        }))
+        .map_err(|_| failed(op, "an op panicked"))?;
+    } else {
+        pool.run(&|t| job(t, &failure))
+            .map_err(|e| failed(op, e.0))?;
+    }
     failure.into_result(op)
 }
 
@@ -132,6 +169,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
     let batch = ctx.batch;
     let backend = ctx.backend;
     let n = ctx.pool.n_threads();
+    let inline = work(op, batch) < PARALLEL_MIN_WORK;
     let failure = Failure::default();
     match op.kernel {
         Kernel::MergeAddF32 { slices } | Kernel::MergeAddQ80 { slices } => {
@@ -143,7 +181,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let inp = inp.bytes();
             if q80 {
                 let inp = view::<Q80Block>(inp)?;
-                run(ctx.pool, op, failure, &|t, f| {
+                run(ctx.pool, inline, op, failure, &|t, f| {
                     let Ok(mut part) = s.claim(t) else {
                         return f.set("claim".into());
                     };
@@ -164,7 +202,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 })
             } else {
                 let inp = view::<f32>(inp)?;
-                run(ctx.pool, op, failure, &|t, f| {
+                run(ctx.pool, inline, op, failure, &|t, f| {
                     let Ok(mut part) = s.claim(t) else {
                         return f.set("claim".into());
                     };
@@ -184,7 +222,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let out = view_mut::<f32>(out.bytes_mut())?;
             let inp = view::<f32>(inp.bytes())?;
             let s = split(op, out, columns(&o, batch, 1), n)?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -235,7 +273,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 len: o.len,
             };
             let s = split(op, out, geometry, n)?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -307,13 +345,17 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 let [out, inv] = slots_mut(ctx.slots, op, [o.slot, inv_rms])?;
                 let inv = view::<f32>(inv.bytes())?;
                 let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry(&o), n)?;
-                run(ctx.pool, op, failure, &|t, f| job(&s, None, inv, t, f))
+                run(ctx.pool, inline, op, failure, &|t, f| {
+                    job(&s, None, inv, t, f)
+                })
             } else {
                 let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
                 let inv = view::<f32>(inv.bytes())?;
                 let inp = view::<f32>(inp.bytes())?;
                 let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry(&o), n)?;
-                run(ctx.pool, op, failure, &|t, f| job(&s, Some(inp), inv, t, f))
+                run(ctx.pool, inline, op, failure, &|t, f| {
+                    job(&s, Some(inp), inv, t, f)
+                })
             }
         }
         Kernel::RmsNormQ80 { inv_rms } => {
@@ -327,7 +369,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 columns(&o, batch, BLOCK_SIZE),
                 n,
             )?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -348,6 +390,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             matmul(
                 op,
                 ctx.pool,
+                inline,
                 ctx.slots,
                 batch,
                 backend,
@@ -367,6 +410,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             matmul(
                 op,
                 ctx.pool,
+                inline,
                 ctx.slots,
                 batch,
                 backend,
@@ -399,7 +443,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 unit,
             };
             let s = split(op, view_mut::<f32>(x.bytes_mut())?, geometry, n)?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -465,7 +509,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             };
             let so = split(op, view_mut::<f32>(out.bytes_mut())?, out_geometry, n)?;
             let sa = split(op, view_mut::<f32>(att.bytes_mut())?, att_geometry, n)?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let (Ok(mut po), Ok(mut pa)) = (so.claim(t), sa.claim(t)) else {
                     return f.set("claim".into());
                 };
@@ -510,7 +554,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 columns(&o, rows, 1),
                 n,
             )?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -574,7 +618,9 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                     columns(&o, rows, 1),
                     n,
                 )?;
-                run(ctx.pool, op, failure, &|t, f| job(&s, None, m, t, f))
+                run(ctx.pool, inline, op, failure, &|t, f| {
+                    job(&s, None, m, t, f)
+                })
             } else {
                 let [out, inp, m] = slots_mut(ctx.slots, op, [o.slot, i.slot, multiplier])?;
                 let m = view::<f32>(m.bytes())?;
@@ -585,7 +631,9 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                     columns(&o, rows, 1),
                     n,
                 )?;
-                run(ctx.pool, op, failure, &|t, f| job(&s, Some(inp), m, t, f))
+                run(ctx.pool, inline, op, failure, &|t, f| {
+                    job(&s, Some(inp), m, t, f)
+                })
             }
         }
         Kernel::CastCopy => {
@@ -615,7 +663,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                     columns(&o, rows, 1),
                     n,
                 )?;
-                run(ctx.pool, op, failure, &|t, f| {
+                run(ctx.pool, inline, op, failure, &|t, f| {
                     let Ok(mut part) = s.claim(t) else {
                         return f.set("claim".into());
                     };
@@ -654,7 +702,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 columns(&o, rows, BLOCK_SIZE),
                 n,
             )?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -698,7 +746,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 geometry,
                 n,
             )?;
-            run(ctx.pool, op, failure, &|t, f| {
+            run(ctx.pool, inline, op, failure, &|t, f| {
                 let Ok(mut part) = s.claim(t) else {
                     return f.set("claim".into());
                 };
@@ -753,6 +801,7 @@ enum MatWeights<'a> {
 fn matmul(
     op: &OpPlan,
     pool: &mut ThreadPool,
+    inline: bool,
     slots: &mut [Slab],
     batch: usize,
     backend: Backend,
@@ -832,7 +881,7 @@ fn matmul(
             }
         }
     };
-    run(pool, op, failure, &|t, f| {
+    run(pool, inline, op, failure, &|t, f| {
         let Ok(mut part) = s.claim(t) else {
             return f.set("claim".into());
         };
