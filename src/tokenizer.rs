@@ -25,6 +25,17 @@
 //! classes, the recorded true bos id and add-bos flag. Files without the extension behave
 //! exactly as in dllama.
 //!
+//! With those classes, special tokens are also cut out of the text before the scan and never
+//! take part in merges, and for byte-level BPE vocabularies (GPT-2 style: SmolLM2, Llama 3,
+//! Qwen) the text between them is first split into pre-tokens by GPT-2's pattern, merged one by
+//! one, as Hugging Face's tokenizers do; when the vocabulary shows it was trained with digits
+//! split one by one (single-digit tokens and no other token holding a digit, as SmolLM2), each
+//! numeric character is its own pre-token. Merges follow the `.t` scores (the converter writes
+//! `-id`, i.e. earlier-trained merges first), not a merge list, which the `.t` format does not
+//! carry. On SmolLM2 this gives Hugging Face's ids for every line of a 1294-line mixed
+//! corpus (English, code, CJK, Cyrillic, Arabic, emoji). Other vocabularies' own pre-tokenizer
+//! patterns (Llama 3's `\p{N}{1,3}`, …) are approximated by GPT-2's.
+//!
 //! When the same bytes name several regular tokens (SentencePiece vocabularies often have
 //! `▁` and `<0x20>`), dllama's `bsearch` over its `qsort`ed table decides which id is used; the
 //! table here reproduces that choice (glibc's `qsort` is a stable merge sort at these sizes, and
@@ -109,6 +120,8 @@ pub struct Tokenizer {
     max_token_length: usize,
     kind: VocabKind,
     uses_extension: bool,
+    /// Byte-level BPE trained with every digit as its own pre-token (see [`Tokenizer::from_file`]).
+    isolate_digits: bool,
 }
 
 impl Tokenizer {
@@ -155,18 +168,33 @@ impl Tokenizer {
             .as_ref()
             .map(|t| String::from_utf8_lossy(t).into_owned());
         let max_token_length = pieces.iter().map(|p| p.len()).max().unwrap_or(0);
+        let kind = file
+            .extension
+            .as_ref()
+            .map_or(VocabKind::Unspecified, |e| e.kind);
+        let uses_extension = file
+            .extension
+            .as_ref()
+            .is_some_and(|e| !e.token_types.is_empty());
+        // A vocabulary trained with digits split one by one (SmolLM2's `Digits` pre-tokenizer)
+        // has single-digit tokens and no other token containing a digit; the .t file does not
+        // name the pre-tokenizer, so this is read off the vocabulary.
+        let regular_with_digit = |single: bool| {
+            regular
+                .keys()
+                .any(|k| (k.len() == 1) == single && k.iter().any(u8::is_ascii_digit))
+        };
+        let isolate_digits = kind == VocabKind::ByteLevelBpe
+            && uses_extension
+            && regular_with_digit(true)
+            && !regular_with_digit(false);
         Tokenizer {
             bos_id: file.true_bos_id(),
             add_bos: file.true_add_bos(),
             eos_ids: file.eos_ids.clone(),
-            kind: file
-                .extension
-                .as_ref()
-                .map_or(VocabKind::Unspecified, |e| e.kind),
-            uses_extension: file
-                .extension
-                .as_ref()
-                .is_some_and(|e| !e.token_types.is_empty()),
+            kind,
+            uses_extension,
+            isolate_digits,
             pieces,
             scores,
             regular,
@@ -291,7 +319,7 @@ impl Tokenizer {
         let encode_text = |range: std::ops::Range<usize>, tokens: &mut Vec<u32>| {
             let text = &bytes[range.clone()];
             let chunks = if self.kind == VocabKind::ByteLevelBpe {
-                gpt2_pre_tokens(text)
+                gpt2_pre_tokens(text, self.isolate_digits)
             } else {
                 std::iter::once(0..text.len()).collect()
             };
@@ -710,13 +738,14 @@ struct PreTokenUnit {
     class: CharClass,
 }
 
-/// Splits text as GPT-2's pre-tokenizer pattern does:
+/// Splits text as GPT-2's pre-tokenizer pattern does (after cutting out each numeric character
+/// when `isolate_digits`, as Hugging Face's `Digits(individual_digits)` does):
 /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
 ///
 /// Hugging Face's byte-level BPE runs this regex before merging, so no merge crosses a word
 /// boundary. Letters are approximated by `char::is_alphabetic` (which also admits letter
 /// numbers and some combining marks); bytes that are not UTF-8 count as punctuation.
-fn gpt2_pre_tokens(text: &[u8]) -> Vec<std::ops::Range<usize>> {
+fn gpt2_pre_tokens(text: &[u8], isolate_digits: bool) -> Vec<std::ops::Range<usize>> {
     let mut units: Vec<PreTokenUnit> = Vec::with_capacity(text.len());
     let mut at = 0usize;
     for chunk in text.utf8_chunks() {
@@ -746,14 +775,33 @@ fn gpt2_pre_tokens(text: &[u8]) -> Vec<std::ops::Range<usize>> {
             at += 1;
         }
     }
-    let n = units.len();
     let byte_at = |u: usize| units.get(u).map_or(text.len(), |x| x.start);
     let mut out = Vec::new();
-    let mut u = 0usize;
-    while u < n {
-        let end = gpt2_match_end(&units, u);
-        out.push(byte_at(u)..byte_at(end));
-        u = end;
+    // With isolated digits every numeric character is a pre-token of its own and the pattern
+    // runs on each stretch between them separately (its look-ahead ends at the stretch's end).
+    let mut span_start = 0usize;
+    while span_start < units.len() {
+        let span_end = if isolate_digits {
+            units[span_start..]
+                .iter()
+                .position(|x| x.class == CharClass::Number)
+                .map_or(units.len(), |p| span_start + p)
+        } else {
+            units.len()
+        };
+        if span_end == span_start {
+            out.push(byte_at(span_start)..byte_at(span_start + 1));
+            span_start += 1;
+            continue;
+        }
+        let span = &units[span_start..span_end];
+        let mut u = 0usize;
+        while u < span.len() {
+            let end = gpt2_match_end(span, u);
+            out.push(byte_at(span_start + u)..byte_at(span_start + end));
+            u = end;
+        }
+        span_start = span_end;
     }
     out
 }
@@ -798,4 +846,44 @@ fn gpt2_match_end(units: &[PreTokenUnit], u: usize) -> usize {
         e += 1;
     }
     if e < n && e - u >= 2 { e - 1 } else { e }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(text: &str, isolate_digits: bool) -> Vec<&str> {
+        gpt2_pre_tokens(text.as_bytes(), isolate_digits)
+            .into_iter()
+            .map(|r| &text[r])
+            .collect()
+    }
+
+    #[test]
+    fn gpt2_pattern_splits_words_contractions_and_spaces() {
+        assert_eq!(
+            split("Hello, world! don't  stop\t\tnow   ", false),
+            [
+                "Hello", ",", " world", "!", " don", "'t", " ", " stop", "\t", "\t", "now", "   "
+            ]
+        );
+        assert_eq!(split("it's 2024 ok", false), ["it", "'s", " 2024", " ok"]);
+        assert_eq!(
+            split("it's 2024 ok", true),
+            ["it", "'s", " ", "2", "0", "2", "4", " ok"]
+        );
+        assert_eq!(split("  0.", true), ["  ", "0", "."]);
+        assert_eq!(split("'S x", false), ["'", "S", " x"]);
+        assert!(split("", false).is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_counts_as_punctuation() {
+        let text = b"ab\xff\xfe cd";
+        let parts: Vec<&[u8]> = gpt2_pre_tokens(text, false)
+            .into_iter()
+            .map(|r| &text[r])
+            .collect();
+        assert_eq!(parts, [&b"ab"[..], b"\xff\xfe", b" cd"]);
+    }
 }
