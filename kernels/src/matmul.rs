@@ -177,8 +177,17 @@ pub fn matmul_q80_q40(
         }
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         (Isa::Avx512, MatmulOrder::TinyBlas) => {
-            // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C.
-            unsafe { crate::arch::x86::tinyblas::matmul_q80_q40_avx512(outs, xs, w_rows, nb) }
+            use crate::arch::x86::tinyblas::{
+                has_avx512_vnni, matmul_q80_q40_avx512, matmul_q80_q40_vnni,
+            };
+            if has_avx512_vnni() {
+                // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C, and
+                // VNNI was just detected.
+                unsafe { matmul_q80_q40_vnni(outs, xs, w_rows, nb) }
+            } else {
+                // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C.
+                unsafe { matmul_q80_q40_avx512(outs, xs, w_rows, nb) }
+            }
         }
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         (Isa::Avx2 | Isa::Avx512, MatmulOrder::Row) => {

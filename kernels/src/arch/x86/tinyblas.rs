@@ -110,7 +110,7 @@ pub(crate) fn scale(d: [u8; 2]) -> f32 {
 /// The body of one `RM × RN` tile in `tinyBLAS_Q0_AVX2` order, shared by the AVX2 and AVX-512
 /// instantiations (the latter only gets more registers).
 macro_rules! q40_tile_body {
-    ($row:expr, $item:expr, $nb:expr, $res:expr, $rm:expr, $rn:expr) => {{
+    ($row:expr, $item:expr, $nb:expr, $res:expr, $rm:expr, $rn:expr, $updot:expr) => {{
         let (row, item, nb, res): (
             &[*const Q40Block; $rm],
             &[*const Q80Block; $rn],
@@ -118,29 +118,28 @@ macro_rules! q40_tile_body {
             &mut [[f32; $rm]; $rn],
         ) = ($row, $item, $nb, $res);
         let eight = _mm256_set1_epi8(8);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); $rm]; $rn];
         for l in 0..nb {
             let mut wq = [_mm256_setzero_si256(); $rm];
             let mut wu = [_mm256_setzero_si256(); $rm];
-            let mut wd = [0.0f32; $rm];
+            let mut wd = [_mm256_setzero_ps(); $rm];
             for i in 0..$rm {
                 // SAFETY: every row pointer starts `nb` blocks.
                 let wb = unsafe { &*row[i].add(l) };
                 wq[i] = _mm256_sub_epi8(q40_codes(wb), eight);
                 wu[i] = _mm256_sign_epi8(wq[i], wq[i]);
-                wd[i] = scale(wb.d);
+                wd[i] = _mm256_set1_ps(scale(wb.d));
             }
             for k in 0..$rn {
                 // SAFETY: every item pointer starts `nb` blocks.
                 let xb = unsafe { &*item[k].add(l) };
                 let xq = q80_codes(xb);
-                let xd = scale(xb.d);
+                let xd = _mm256_set1_ps(scale(xb.d));
                 for i in 0..$rm {
                     let s = _mm256_sign_epi8(xq, wq[i]);
-                    let dot =
-                        _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(wu[i], s)));
-                    acc[k][i] = _mm256_fmadd_ps(_mm256_set1_ps(wd[i] * xd), dot, acc[k][i]);
+                    let dot = _mm256_cvtepi32_ps($updot(wu[i], s));
+                    // `d_w · d_x` rounded once (in every lane), as dllama's scalar product.
+                    acc[k][i] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), dot, acc[k][i]);
                 }
             }
         }
@@ -164,7 +163,11 @@ unsafe fn q40_tile_avx2(
     nb: usize,
     res: &mut [[f32; 4]; 2],
 ) {
-    q40_tile_body!(row, item, nb, res, 4, 2)
+    let ones = _mm256_set1_epi16(1);
+    q40_tile_body!(row, item, nb, res, 4, 2, |u, s| _mm256_madd_epi16(
+        ones,
+        _mm256_maddubs_epi16(u, s)
+    ))
 }
 
 /// A 4 × 4 tile: the same instructions, with AVX-512VL's 32 registers to hold the accumulators.
@@ -179,7 +182,33 @@ unsafe fn q40_tile_avx512(
     nb: usize,
     res: &mut [[f32; 4]; 4],
 ) {
-    q40_tile_body!(row, item, nb, res, 4, 4)
+    let ones = _mm256_set1_epi16(1);
+    q40_tile_body!(row, item, nb, res, 4, 4, |u, s| _mm256_madd_epi16(
+        ones,
+        _mm256_maddubs_epi16(u, s)
+    ))
+}
+
+/// As [`q40_tile_avx512`] with `vpdpbusd` (AVX-512 VNNI) for the 4-value dots, as dllama's
+/// `-march=native` build on a VNNI CPU compiles `updot`: the same integers, since no pair sum
+/// can saturate `vpmaddubsw` here (|w| <= 8).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/VL/VNNI with AVX2, FMA and F16C; every pointer starts `nb`
+/// blocks.
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn q40_tile_vnni(
+    row: &[*const Q40Block; 4],
+    item: &[*const Q80Block; 4],
+    nb: usize,
+    res: &mut [[f32; 4]; 4],
+) {
+    q40_tile_body!(row, item, nb, res, 4, 4, |u, s| _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        u,
+        s
+    ))
 }
 
 /// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds), AVX2 registers.
@@ -216,4 +245,39 @@ pub(crate) unsafe fn matmul_q80_q40_avx512(
     tiles!(outs, xs, w, nb, 4, 4, 0.0f32, |r, x, res| unsafe {
         q40_tile_avx512(r, x, nb, res)
     });
+}
+
+/// As [`matmul_q80_q40_avx2`] (same bits), with `vpdpbusd` and AVX-512VL registers.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/VL/VNNI, AVX2, FMA and F16C. Shapes as checked by
+/// [`crate::matmul::matmul_q80_q40`]; `nb` is the number of blocks per row.
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40_vnni(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40Block],
+    nb: usize,
+) {
+    // SAFETY: `tiles!` hands out pointers to whole rows / items of `nb` blocks.
+    tiles!(outs, xs, w, nb, 4, 4, 0.0f32, |r, x, res| unsafe {
+        q40_tile_vnni(r, x, nb, res)
+    });
+}
+
+/// Whether the CPU has AVX-512 VNNI (checked once by `std`'s cached detection, or at compile
+/// time without `std`). Only a faster instruction for the same integers, so [`crate::backend`]
+/// does not need to know.
+pub(crate) fn has_avx512_vnni() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(all(
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl"
+        ))
+    }
 }
