@@ -9,3 +9,4 @@ pub mod replay;
 pub mod tokenizer;
 pub mod sampler;
 pub mod chat_template;
+pub mod root;

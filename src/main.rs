@@ -23,6 +23,10 @@ enum Command {
     Worker(cli::worker::Args),
     /// Replay a recorded golden session against a worker and compare every byte.
     Replay(cli::replay::Args),
+    /// Run one prompt as a dllama root (drop-in for `dllama inference`).
+    Inference(cli::inference::Args),
+    /// Chat over stdin as a dllama root (drop-in for `dllama chat`).
+    Chat(cli::chat::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,8 @@ fn main() -> ExitCode {
         Command::Convert(args) => cli::convert::run(args),
         Command::Worker(args) => cli::worker::run(args),
         Command::Replay(args) => cli::replay::run(args),
+        Command::Inference(args) => cli::inference::run(args),
+        Command::Chat(args) => cli::chat::run(args),
     };
     match result {
         Ok(code) => code,

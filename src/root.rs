@@ -1,0 +1,761 @@
+//! The root node: what dllama's `runInferenceApp` does before and around each forward.
+//!
+//! [`Root::open`] reads the `.m` header, builds the net and node configs with
+//! [`LlmGraph`] (dllama's `buildLlmNet`), connects to the workers and greets them as dllama's
+//! root does (worker count, worker index, the other workers' addresses), sends each worker the
+//! net config and its node config, then walks the weight plan of [`WeightPlan`] (itself read
+//! off `airllama_io`'s layout table): whole tensors to every node, row and column slices, MoE
+//! experts at their offsets, in dllama's order. The root's own slices are read from the file
+//! straight into its [`Executor`]'s weight storage; a worker's slice is read into one reused
+//! buffer and written to its connection. The root runs node 0's config — the embedding, its
+//! slice of every layer, its slice of the logits — with the same executor a worker uses.
+//!
+//! [`Root::forward`] is `RootLlmInference::forward`: the control packet to every worker, the
+//! token ids into the `TOK` pipe, then the executor's segments with their syncs over the
+//! network (X rows out, slices both ways, logits slices in). [`generate`] is dllama's
+//! `inference` loop: prefill in batches of up to `nBatches` tokens, then one token per forward
+//! until `min(seq_len, steps)`.
+//!
+//! One deliberate difference: after the prefill dllama feeds `inputTokens[nInputTokens]` (one
+//! past the prompt, whatever the encoder left there) at the last prompt position; here the
+//! last prompt token is fed.
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airllama_io::layout::{LayoutError, ModelLayout};
+use airllama_io::model::{ModelConfig, ModelHeader, ReadModelHeaderError};
+use airllama_kernels::backend::Backend;
+use airllama_net::transport::{NetError, Network};
+use airllama_net::{ControlPacket, PeerAddress, SyncStep};
+
+use crate::executor::{Executor, ExecutorError, ExecutorOptions, NoSync, Synchronizer};
+use crate::graph::{
+    GraphError, GraphParams, LlmGraph, SyncFloatType, WeightPlan, WeightPlanError,
+    check_dllama_root_limits,
+};
+
+/// How the root runs.
+#[derive(Debug, Clone)]
+pub struct RootOptions {
+    /// The `.m` model file.
+    pub model: PathBuf,
+    /// Worker addresses in `--workers` order (worker `i` is node `i + 1`); empty = one node.
+    pub workers: Vec<PeerAddress>,
+    /// `--buffer-float-type`.
+    pub sync_type: SyncFloatType,
+    /// `--max-seq-len` (0 = the model's).
+    pub max_seq_len: u32,
+    /// Threads per op.
+    pub n_threads: usize,
+    /// `--net-turbo`: switch the sockets to non-blocking once the weights are loaded.
+    pub turbo: bool,
+    /// The kernels' instruction set.
+    pub backend: Backend,
+    /// Most bytes the root's own graph may allocate.
+    pub max_memory: u64,
+}
+
+/// Why the root could not start or a forward failed. Each variant names the file, the worker
+/// or the value at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootError {
+    /// The model file cannot be opened or its size read.
+    #[error("cannot open model file {path}: {source}")]
+    OpenModel {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The model header is unreadable or invalid.
+    #[error("model file {path}: {source}")]
+    ModelHeader {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ReadModelHeaderError,
+    },
+    /// The tensors the header implies do not fit the file.
+    #[error("model file {path}: {source}")]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: LayoutError,
+    },
+    /// The model cannot be split over this many nodes with these flags.
+    #[error("model file {path} on {n_nodes} node(s): {source}")]
+    Graph {
+        /// The file.
+        path: PathBuf,
+        /// Root + workers.
+        n_nodes: u32,
+        /// Why.
+        source: GraphError,
+    },
+    /// The weights cannot be planned over the nodes.
+    #[error("model file {path}: {source}")]
+    WeightPlan {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: WeightPlanError,
+    },
+    /// Reading weights from the model file failed.
+    #[error("cannot read model file {path} at byte {offset}: {source}")]
+    ReadModel {
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Too many workers for dllama's protocol.
+    #[error("{0} workers: dllama's protocol allows 1..={max}", max = airllama_net::limits::MAX_WORKERS)]
+    TooManyWorkers(usize),
+    /// Connecting to or greeting the workers failed.
+    #[error("connecting to the workers ({workers}): {source}")]
+    Connect {
+        /// The `--workers` list.
+        workers: String,
+        /// The transport's error (it names the address or the node).
+        source: NetError,
+    },
+    /// Talking to one worker failed.
+    #[error("worker {address} (node {node}) while {what}: {source}")]
+    Worker {
+        /// `host:port`.
+        address: String,
+        /// Its node index.
+        node: u32,
+        /// What the root was doing.
+        what: &'static str,
+        /// The transport's error.
+        source: NetError,
+    },
+    /// The network as a whole failed (control packets, turbo switch).
+    #[error("network ({workers}) while {what}: {source}")]
+    Network {
+        /// The `--workers` list.
+        workers: String,
+        /// What the root was doing.
+        what: &'static str,
+        /// The transport's error.
+        source: NetError,
+    },
+    /// The root's own graph could not be built or run.
+    #[error("root node: {0}")]
+    Executor(#[from] ExecutorError),
+    /// A forward was asked with a batch, position or token the graph cannot take.
+    #[error("forward at position {position} with {batch} token(s): {what}")]
+    BadForward {
+        /// First position.
+        position: u32,
+        /// Tokens in the batch.
+        batch: usize,
+        /// Why.
+        what: String,
+    },
+    /// The prompt does not fit the context or the step budget.
+    #[error("prompt: {0}")]
+    Prompt(String),
+    /// The sampler (or whatever picks the next token) failed.
+    #[error("sampling at position {position}: {what}")]
+    Sample {
+        /// Position whose logits were sampled.
+        position: u32,
+        /// Why.
+        what: String,
+    },
+}
+
+/// Weight distribution progress, reported after every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadProgress {
+    /// Weight bytes loaded or sent so far (the root's own slices included).
+    pub done: u64,
+    /// All weight bytes of all nodes.
+    pub total: u64,
+}
+
+/// What [`Root::open`] reports while it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootEvent {
+    /// Every worker accepted the handshake; configs follow.
+    Connected {
+        /// The addresses, in node order.
+        workers: Vec<String>,
+    },
+    /// Weight distribution begins.
+    LoadingWeights {
+        /// Bytes to load and send.
+        total: u64,
+    },
+    /// Weight distribution progress.
+    Progress(LoadProgress),
+    /// Every worker acknowledged its weights.
+    WeightsLoaded {
+        /// Time spent.
+        elapsed: Duration,
+    },
+    /// Turbo mode is on.
+    Turbo,
+}
+
+/// Timing and traffic of one forward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// Time in ops (forward time minus sync time).
+    pub eval: Duration,
+    /// Time in syncs (waiting for and moving bytes).
+    pub sync: Duration,
+    /// Bytes sent to all workers during the forward (control packet included).
+    pub sent: u64,
+    /// Bytes received from all workers.
+    pub received: u64,
+}
+
+/// The root: configs sent, weights loaded, ready to run forwards.
+#[derive(Debug)]
+pub struct Root {
+    model: PathBuf,
+    graph: LlmGraph,
+    executor: Executor,
+    network: Option<Network>,
+    workers: Vec<PeerAddress>,
+    last_position: u32,
+}
+
+/// Syncs the root's pipes over the network, timing the syncs.
+struct TimedSync<'a> {
+    network: &'a mut Network,
+    spent: Duration,
+}
+
+impl Synchronizer for TimedSync<'_> {
+    fn sync(
+        &mut self,
+        step: &SyncStep,
+        pipe: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let started = Instant::now();
+        let result = self.network.sync_step(step, pipe);
+        self.spent += started.elapsed();
+        result.map_err(|e| Box::new(e) as _)
+    }
+}
+
+fn address(peer: &PeerAddress) -> String {
+    format!("{}:{}", peer.host, peer.port)
+}
+
+fn address_list(workers: &[PeerAddress]) -> String {
+    workers.iter().map(address).collect::<Vec<_>>().join(" ")
+}
+
+/// Reads `ranges` of `file` back to back into `dst` (whose length is their total).
+fn read_ranges(
+    file: &File,
+    path: &Path,
+    ranges: impl Iterator<Item = std::ops::Range<u64>>,
+    dst: &mut [u8],
+) -> Result<(), RootError> {
+    let mut at = 0usize;
+    for range in ranges {
+        let len = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        let part = at
+            .checked_add(len)
+            .and_then(|end| dst.get_mut(at..end))
+            .ok_or_else(|| RootError::ReadModel {
+                path: path.to_path_buf(),
+                offset: range.start,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "slice larger than its planned size",
+                ),
+            })?;
+        file.read_exact_at(part, range.start)
+            .map_err(|source| RootError::ReadModel {
+                path: path.to_path_buf(),
+                offset: range.start,
+                source,
+            })?;
+        at += len;
+    }
+    Ok(())
+}
+
+impl Root {
+    /// Reads the model header, connects to the workers, sends the configs and distributes the
+    /// weights, as dllama's root does before its first forward.
+    pub fn open(
+        options: &RootOptions,
+        events: &mut dyn FnMut(RootEvent),
+    ) -> Result<Root, RootError> {
+        let path = options.model.clone();
+        let file = File::open(&path).map_err(|source| RootError::OpenModel {
+            path: path.clone(),
+            source,
+        })?;
+        let file_size = file
+            .metadata()
+            .map_err(|source| RootError::OpenModel {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let header =
+            ModelHeader::read_from(&mut std::io::BufReader::new(&file)).map_err(|source| {
+                RootError::ModelHeader {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        if options.workers.len() > airllama_net::limits::MAX_WORKERS as usize {
+            return Err(RootError::TooManyWorkers(options.workers.len()));
+        }
+        let n_nodes = options.workers.len() as u32 + 1;
+        let params = GraphParams::dllama(n_nodes, options.sync_type, options.max_seq_len);
+        let graph_err = |source| RootError::Graph {
+            path: path.clone(),
+            n_nodes,
+            source,
+        };
+        check_dllama_root_limits(header.config(), &params).map_err(graph_err)?;
+        let graph = LlmGraph::build(&header, params).map_err(graph_err)?;
+        let layout = ModelLayout::new(&header, file_size).map_err(|source| RootError::Layout {
+            path: path.clone(),
+            source,
+        })?;
+        let plan = WeightPlan::new(&graph, &layout).map_err(|source| RootError::WeightPlan {
+            path: path.clone(),
+            source,
+        })?;
+        let exec_options = ExecutorOptions {
+            backend: options.backend,
+            n_threads: options.n_threads,
+            max_memory: options.max_memory,
+        };
+        let mut executor = Executor::new(&graph.net, &graph.nodes[0], &exec_options)?;
+
+        let workers_text = address_list(&options.workers);
+        let mut network = if options.workers.is_empty() {
+            None
+        } else {
+            let network = Network::connect_to_workers(&options.workers).map_err(|source| {
+                RootError::Connect {
+                    workers: workers_text.clone(),
+                    source,
+                }
+            })?;
+            events(RootEvent::Connected {
+                workers: options.workers.iter().map(address).collect(),
+            });
+            Some(network)
+        };
+        let worker_err = |connection: u32, what: &'static str| {
+            let address = options
+                .workers
+                .get(connection as usize)
+                .map(address)
+                .unwrap_or_default();
+            move |source| RootError::Worker {
+                address,
+                node: connection + 1,
+                what,
+                source,
+            }
+        };
+        if let Some(network) = network.as_mut() {
+            for connection in 0..network.n_connections() {
+                let node = &graph.nodes[connection as usize + 1];
+                network
+                    .send_configs(connection, &graph.net, node)
+                    .map_err(worker_err(connection, "sending the configs"))?;
+            }
+        }
+
+        let total: u64 = plan.loads().iter().map(|l| l.header.n_bytes).sum();
+        events(RootEvent::LoadingWeights { total });
+        let started = Instant::now();
+        let mut done = 0u64;
+        let mut buffer: Vec<u8> = Vec::new();
+        for load in plan.loads() {
+            let n_bytes =
+                usize::try_from(load.header.n_bytes).map_err(|_| RootError::WeightPlan {
+                    path: path.clone(),
+                    source: WeightPlanError::FileTooShort {
+                        needed: load.bytes.end(),
+                        actual: file_size,
+                    },
+                })?;
+            if load.node == 0 {
+                let dst = executor.weight_mut(&load.target)?;
+                read_ranges(&file, &path, load.bytes.ranges(), dst)?;
+            } else {
+                let network = network.as_mut().ok_or_else(|| RootError::WeightPlan {
+                    path: path.clone(),
+                    source: WeightPlanError::NotAWorker {
+                        node: load.node,
+                        n_nodes,
+                    },
+                })?;
+                buffer.resize(n_bytes, 0);
+                read_ranges(&file, &path, load.bytes.ranges(), &mut buffer)?;
+                let connection = load.node - 1;
+                network
+                    .send_weight(
+                        connection,
+                        &load.header.name,
+                        load.header.op_index,
+                        load.header.offset,
+                        &buffer,
+                    )
+                    .map_err(worker_err(connection, "sending weights"))?;
+            }
+            done += load.header.n_bytes;
+            events(RootEvent::Progress(LoadProgress { done, total }));
+        }
+        drop(buffer);
+        if let Some(network) = network.as_mut() {
+            for connection in 0..network.n_connections() {
+                network
+                    .write(connection, &0u32.to_le_bytes())
+                    .and_then(|()| network.read_ack(connection))
+                    .map_err(worker_err(connection, "ending the weight stream"))?;
+            }
+            network.reset_stats();
+        }
+        events(RootEvent::WeightsLoaded {
+            elapsed: started.elapsed(),
+        });
+        if options.turbo
+            && let Some(network) = network.as_mut()
+        {
+            network
+                .set_turbo(true)
+                .map_err(|source| RootError::Network {
+                    workers: workers_text.clone(),
+                    what: "switching to turbo mode",
+                    source,
+                })?;
+            events(RootEvent::Turbo);
+        }
+        Ok(Root {
+            model: path,
+            graph,
+            executor,
+            network,
+            workers: options.workers.clone(),
+            last_position: 0,
+        })
+    }
+
+    /// The model's configuration (with `--max-seq-len` applied).
+    pub fn config(&self) -> &ModelConfig {
+        &self.graph.config
+    }
+
+    /// The graph sent to the workers.
+    pub fn graph(&self) -> &LlmGraph {
+        &self.graph
+    }
+
+    /// The model file.
+    pub fn model_path(&self) -> &Path {
+        &self.model
+    }
+
+    /// Nodes (root + workers).
+    pub fn n_nodes(&self) -> u32 {
+        self.graph.params.n_nodes
+    }
+
+    /// Most tokens one forward takes (dllama's `nBatches`).
+    pub fn batch_capacity(&self) -> u32 {
+        self.graph.params.n_batches
+    }
+
+    /// Context length.
+    pub fn seq_len(&self) -> u32 {
+        self.graph.config.seq_len
+    }
+
+    /// Runs one forward of `tokens` at positions `position..position + tokens.len()`: the
+    /// control packet to every worker, the token ids into the `TOK` pipe, then every segment
+    /// of node 0 with its syncs. The logits of the first batch item are then in
+    /// [`Root::logits_mut`].
+    pub fn forward(&mut self, position: u32, tokens: &[u32]) -> Result<ForwardStats, RootError> {
+        let bad = |what: String| RootError::BadForward {
+            position,
+            batch: tokens.len(),
+            what,
+        };
+        let capacity = self.graph.params.n_batches as usize;
+        if tokens.is_empty() || tokens.len() > capacity {
+            return Err(bad(format!("a forward takes 1..={capacity} tokens")));
+        }
+        let batch = tokens.len() as u32;
+        if u64::from(position) + u64::from(batch) > u64::from(self.graph.config.seq_len) {
+            return Err(bad(format!(
+                "positions past the context length {}",
+                self.graph.config.seq_len
+            )));
+        }
+        let vocab = self.graph.config.vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(bad(format!(
+                "token {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let started = Instant::now();
+        if let Some(network) = self.network.as_mut() {
+            network
+                .send_control(ControlPacket {
+                    position,
+                    batch_size: batch,
+                })
+                .map_err(|source| RootError::Network {
+                    workers: address_list(&self.workers),
+                    what: "sending a control packet",
+                    source,
+                })?;
+        }
+        self.last_position = position;
+        let token_pipe = self.graph.pipes.token as usize;
+        let pipe = self
+            .executor
+            .pipe_mut(token_pipe)
+            .ok_or_else(|| bad("the graph has no token pipe".into()))?;
+        let ids: &mut [f32] =
+            bytemuck::try_cast_slice_mut(pipe).map_err(|e| bad(format!("token pipe: {e}")))?;
+        for (slot, &t) in ids.iter_mut().zip(tokens) {
+            *slot = t as f32;
+        }
+        let sync = match self.network.as_mut() {
+            Some(network) => {
+                let mut sync = TimedSync {
+                    network,
+                    spent: Duration::ZERO,
+                };
+                self.executor.forward(position, batch, &mut sync)?;
+                sync.spent
+            }
+            None => {
+                self.executor.forward(position, batch, &mut NoSync)?;
+                Duration::ZERO
+            }
+        };
+        let elapsed = started.elapsed();
+        let (sent, received) = self.take_traffic();
+        Ok(ForwardStats {
+            eval: elapsed.saturating_sub(sync),
+            sync,
+            sent,
+            received,
+        })
+    }
+
+    /// Bytes sent and received over all connections since the last call (dllama's `getStats`,
+    /// which resets the counters).
+    fn take_traffic(&mut self) -> (u64, u64) {
+        match self.network.as_mut() {
+            Some(network) => {
+                let totals = network
+                    .stats()
+                    .iter()
+                    .fold((0, 0), |(s, r), &(cs, cr)| (s + cs, r + cr));
+                network.reset_stats();
+                totals
+            }
+            None => (0, 0),
+        }
+    }
+
+    /// The logits of the first item of the last forward (`vocab_size` values), gathered from
+    /// every node's slice. The sampler may overwrite them.
+    pub fn logits_mut(&mut self) -> Result<&mut [f32], RootError> {
+        let vocab = self.graph.config.vocab_size as usize;
+        let index = self.graph.pipes.logits as usize;
+        let bad = |what: &str| RootError::BadForward {
+            position: self.last_position,
+            batch: 1,
+            what: format!("logits pipe: {what}"),
+        };
+        let pipe = self
+            .executor
+            .pipe_mut(index)
+            .ok_or_else(|| bad("missing"))?;
+        let values: &mut [f32] =
+            bytemuck::try_cast_slice_mut(pipe).map_err(|_| bad("not f32-aligned"))?;
+        values
+            .get_mut(..vocab)
+            .ok_or_else(|| bad("shorter than the vocabulary"))
+    }
+
+    /// Sends the stop packet (batch 0, the last forward's position) and closes the
+    /// connections (`RootLlmInference::finish`).
+    pub fn finish(mut self) -> Result<(), RootError> {
+        if let Some(network) = self.network.as_mut() {
+            network
+                .send_control(ControlPacket {
+                    position: self.last_position,
+                    batch_size: 0,
+                })
+                .map_err(|source| RootError::Network {
+                    workers: address_list(&self.workers),
+                    what: "sending the stop packet",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// One step of [`generate`], reported as it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A prefill forward of `batch` prompt tokens.
+    Eval {
+        /// Tokens in the forward.
+        batch: u32,
+        /// Its timing and traffic.
+        stats: ForwardStats,
+    },
+    /// A forward of one token and the token sampled from its logits.
+    Pred {
+        /// Position of the forward.
+        position: u32,
+        /// The sampled token.
+        token: u32,
+        /// Its timing and traffic.
+        stats: ForwardStats,
+    },
+}
+
+/// Totals of a [`generate`] run (dllama's summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Prompt tokens evaluated in prefill batches (prompt length − 1).
+    pub eval_tokens: u32,
+    /// Time of the prefill forwards.
+    pub eval_time: Duration,
+    /// Tokens predicted.
+    pub pred_tokens: u32,
+    /// Time of the prediction forwards.
+    pub pred_time: Duration,
+    /// Bytes sent to the workers, all forwards.
+    pub sent: u64,
+    /// Bytes received from the workers, all forwards.
+    pub received: u64,
+    /// Position after the last forward.
+    pub end_position: u32,
+}
+
+impl Summary {
+    /// Tokens per second of a phase (0 when nothing ran).
+    pub fn rate(tokens: u32, time: Duration) -> f64 {
+        let secs = time.as_secs_f64();
+        if tokens == 0 || secs == 0.0 {
+            0.0
+        } else {
+            f64::from(tokens) / secs
+        }
+    }
+}
+
+/// Runs a prompt from the start of the context, as dllama's `inference` mode: forwards of up
+/// to `nBatches` tokens over `prompt[..n - 1]`, then one token per forward starting with the
+/// last prompt token, each forward's logits handed to `sample`, until position
+/// `min(seq_len, steps)`. `on_step` sees every forward.
+pub fn generate(
+    root: &mut Root,
+    prompt: &[u32],
+    steps: u32,
+    sample: &mut dyn FnMut(&mut [f32]) -> Result<u32, String>,
+    on_step: &mut dyn FnMut(Step),
+) -> Result<Summary, RootError> {
+    let n = prompt.len();
+    if n == 0 {
+        return Err(RootError::Prompt("the prompt encodes to no tokens".into()));
+    }
+    if n > root.seq_len() as usize {
+        return Err(RootError::Prompt(format!(
+            "{n} tokens exceed the context length {}",
+            root.seq_len()
+        )));
+    }
+    if n > steps as usize {
+        return Err(RootError::Prompt(format!(
+            "{n} tokens exceed --steps {steps}"
+        )));
+    }
+    let mut summary = Summary::default();
+    let pos = prefill(root, 0, prompt, &mut |step| {
+        if let Step::Eval { batch, stats } = step {
+            summary.eval_tokens += batch;
+            summary.eval_time += stats.eval + stats.sync;
+            summary.sent += stats.sent;
+            summary.received += stats.received;
+        }
+        on_step(step);
+    })?;
+    let mut token = prompt[n - 1];
+    let max_pos = root.seq_len().min(steps);
+    let mut position = pos;
+    while position < max_pos {
+        let stats = root.forward(position, &[token])?;
+        token = sample(root.logits_mut()?).map_err(|what| RootError::Sample { position, what })?;
+        summary.pred_tokens += 1;
+        summary.pred_time += stats.eval + stats.sync;
+        summary.sent += stats.sent;
+        summary.received += stats.received;
+        on_step(Step::Pred {
+            position,
+            token,
+            stats,
+        });
+        position += 1;
+    }
+    summary.end_position = position;
+    Ok(summary)
+}
+
+/// Runs every token of `tokens` but the last through the model at positions `start..`, in
+/// forwards of up to `nBatches` tokens (dllama's prefill), and returns the position the last
+/// token goes to. The last token is left for the first one-token forward, whose logits give
+/// the first new token.
+pub fn prefill(
+    root: &mut Root,
+    start: u32,
+    tokens: &[u32],
+    on_step: &mut dyn FnMut(Step),
+) -> Result<u32, RootError> {
+    let n = tokens.len();
+    if n == 0 {
+        return Err(RootError::Prompt("no tokens to evaluate".into()));
+    }
+    if u64::from(start) + n as u64 > u64::from(root.seq_len()) {
+        return Err(RootError::Prompt(format!(
+            "{n} tokens at position {start} exceed the context length {}",
+            root.seq_len()
+        )));
+    }
+    let capacity = root.batch_capacity() as usize;
+    let mut done = 0usize;
+    while done + 1 < n {
+        let batch = (n - 1 - done).min(capacity);
+        let position = start + done as u32;
+        let stats = root.forward(position, &tokens[done..done + batch])?;
+        done += batch;
+        on_step(Step::Eval {
+            batch: batch as u32,
+            stats,
+        });
+    }
+    Ok(start + done as u32)
+}
