@@ -3,7 +3,9 @@
 //! Every expected value below is dllama's output, printed by a small C++ program that links
 //! dllama's `tokenizer.cpp` and `nn-cpu-ops.cpp` and feeds them the logits [`logits`] makes:
 //! "avx2" columns from a `g++ -O3 -march=native` build (dllama's `__AVX2__` softmax), "generic"
-//! columns from a plain `g++ -O3` x86-64 build (its portable softmax).
+//! columns from a plain `g++ -O3` x86-64 build (its portable softmax), "neon" columns from a
+//! static `aarch64-linux-gnu-g++ -O3 -march=armv8-a` build run by `qemu-aarch64 -cpu cortex-a72`
+//! (its `__ARM_NEON` softmax).
 use airllama::sampler::{Sampler, SamplerError, XorShiftRng};
 use airllama_kernels::backend::{Backend, Isa};
 use proptest::prelude::*;
@@ -21,6 +23,15 @@ fn logits(vocab: usize, step: u32, spread: i32) -> Vec<f32> {
         .collect()
 }
 
+/// The backends whose dllama aarch64 build (`-march=armv8-a`, run under qemu) produced the
+/// "neon" columns: both NEON backends take dllama's `__ARM_NEON` softmax.
+fn neon_backends() -> Vec<Backend> {
+    [Isa::Neon, Isa::NeonDotprod]
+        .into_iter()
+        .filter_map(Backend::new)
+        .collect()
+}
+
 /// The backend whose dllama build produced the "avx2" columns, when this CPU has it.
 fn avx2_backend() -> Option<Backend> {
     Backend::new(Isa::Avx512).or_else(|| Backend::new(Isa::Avx2))
@@ -35,9 +46,11 @@ type SequenceCase = (
     i32,
     &'static [u32],
     &'static [u32],
+    &'static [u32],
 );
 
-/// (vocab, temperature, top-p, seed, steps, spread, dllama avx2 ids, dllama generic ids).
+/// (vocab, temperature, top-p, seed, steps, spread, dllama avx2 ids, dllama generic ids, dllama
+/// NEON ids).
 const SEQUENCES: &[SequenceCase] = &[
     (
         288,
@@ -48,6 +61,7 @@ const SEQUENCES: &[SequenceCase] = &[
         100,
         &[284, 256, 265, 274, 283, 8],
         &[284, 256, 265, 274, 283, 8],
+        &[284, 256, 265, 274, 283, 8],
     ),
     (
         288,
@@ -56,6 +70,10 @@ const SEQUENCES: &[SequenceCase] = &[
         7u64,
         24,
         100,
+        &[
+            26, 159, 228, 200, 234, 206, 216, 199, 270, 144, 128, 26, 183, 94, 15, 86, 282, 31,
+            249, 98, 168, 251, 1, 146,
+        ],
         &[
             26, 159, 228, 200, 234, 206, 216, 199, 270, 144, 128, 26, 183, 94, 15, 86, 282, 31,
             249, 98, 168, 251, 1, 146,
@@ -80,6 +98,10 @@ const SEQUENCES: &[SequenceCase] = &[
             176, 220, 21, 216, 37, 59, 283, 162, 222, 131, 215, 75, 34, 20, 130, 61, 9, 252, 163,
             12, 242, 204, 186, 195,
         ],
+        &[
+            176, 220, 21, 216, 37, 59, 283, 162, 222, 131, 215, 75, 34, 20, 130, 61, 9, 252, 163,
+            12, 242, 204, 186, 195,
+        ],
     ),
     (
         288,
@@ -88,6 +110,10 @@ const SEQUENCES: &[SequenceCase] = &[
         42u64,
         24,
         10,
+        &[
+            284, 256, 265, 274, 283, 8, 17, 26, 35, 44, 53, 62, 71, 80, 89, 98, 107, 116, 125, 134,
+            143, 152, 161, 170,
+        ],
         &[
             284, 256, 265, 274, 283, 8, 17, 26, 35, 44, 53, 62, 71, 80, 89, 98, 107, 116, 125, 134,
             143, 152, 161, 170,
@@ -112,6 +138,10 @@ const SEQUENCES: &[SequenceCase] = &[
             78, 141, 85, 208, 38, 270, 163, 60, 102, 99, 55, 105, 40, 98, 224, 24, 179, 242, 61,
             76, 205, 252, 234, 233,
         ],
+        &[
+            78, 141, 85, 208, 38, 270, 163, 60, 102, 99, 55, 105, 40, 98, 224, 24, 179, 242, 61,
+            76, 205, 252, 234, 233,
+        ],
     ),
     (
         37,
@@ -120,6 +150,10 @@ const SEQUENCES: &[SequenceCase] = &[
         1u64,
         24,
         50,
+        &[
+            25, 22, 31, 15, 24, 33, 5, 14, 35, 32, 16, 25, 34, 31, 28, 12, 33, 5, 14, 36, 32, 4, 1,
+            22,
+        ],
         &[
             25, 22, 31, 15, 24, 33, 5, 14, 35, 32, 16, 25, 34, 31, 28, 12, 33, 5, 14, 36, 32, 4, 1,
             22,
@@ -144,6 +178,10 @@ const SEQUENCES: &[SequenceCase] = &[
             25, 34, 6, 15, 24, 8, 17, 26, 35, 7, 16, 25, 34, 6, 15, 24, 33, 5, 14, 23, 32, 4, 13,
             22,
         ],
+        &[
+            25, 34, 6, 15, 24, 8, 17, 26, 35, 7, 16, 25, 34, 6, 15, 24, 33, 5, 14, 23, 32, 4, 13,
+            22,
+        ],
     ),
     (
         5,
@@ -152,6 +190,9 @@ const SEQUENCES: &[SequenceCase] = &[
         5u64,
         24,
         100,
+        &[
+            1, 0, 0, 3, 0, 0, 0, 2, 0, 1, 4, 1, 0, 0, 3, 0, 1, 1, 3, 0, 0, 4, 1, 0,
+        ],
         &[
             1, 0, 0, 3, 0, 0, 0, 2, 0, 1, 4, 1, 0, 0, 3, 0, 1, 1, 3, 0, 0, 4, 1, 0,
         ],
@@ -174,6 +215,10 @@ const SEQUENCES: &[SequenceCase] = &[
             928, 306, 475, 522, 555, 207, 636, 471, 555, 452, 609, 175, 344, 932, 546, 605, 317,
             931, 409, 468, 602, 609, 124, 454,
         ],
+        &[
+            928, 306, 475, 522, 555, 207, 636, 471, 555, 452, 609, 175, 23, 932, 546, 605, 317,
+            931, 409, 468, 602, 609, 124, 454,
+        ],
     ),
     (
         1000,
@@ -182,6 +227,10 @@ const SEQUENCES: &[SequenceCase] = &[
         2024u64,
         24,
         1000,
+        &[
+            197, 343, 69, 29, 935, 159, 968, 320, 587, 586, 588, 721, 195, 839, 178, 919, 418, 988,
+            943, 112, 542, 412, 458, 285,
+        ],
         &[
             197, 343, 69, 29, 935, 159, 968, 320, 587, 586, 588, 721, 195, 839, 178, 919, 418, 988,
             943, 112, 542, 412, 458, 285,
@@ -210,7 +259,7 @@ fn run(
 
 #[test]
 fn sampled_sequences_match_dllama() {
-    for &(vocab, t, p, seed, steps, spread, avx2, generic) in SEQUENCES {
+    for &(vocab, t, p, seed, steps, spread, avx2, generic, neon) in SEQUENCES {
         let what = format!("vocab {vocab} temperature {t} top-p {p} seed {seed}");
         assert_eq!(
             run(Backend::scalar(), vocab, t, p, seed, steps, spread),
@@ -226,6 +275,14 @@ fn sampled_sequences_match_dllama() {
             ),
             None => eprintln!("no AVX2 on this CPU: dllama's AVX2 sampler sequence not checked"),
         }
+        for b in neon_backends() {
+            assert_eq!(
+                run(b, vocab, t, p, seed, steps, spread),
+                neon,
+                "{:?}: {what}",
+                b.isa()
+            );
+        }
     }
 }
 
@@ -238,6 +295,7 @@ struct ProbCase {
     /// (sampled id, bits of the probabilities dllama leaves in the logits buffer).
     avx2: (u32, &'static [u32]),
     generic: (u32, &'static [u32]),
+    neon: (u32, &'static [u32]),
 }
 
 /// Bit-exact probabilities (the softmax of `logits / temperature`) and the id drawn from them.
@@ -268,6 +326,17 @@ const PROBS: &[ProbCase] = &[
                 0x350716e8, 0x3355a105, 0x31a8ea39, 0x30058f62, 0x2e5335de, 0x2ca700be, 0x2b040c5b,
                 0x3df331ef, 0x3c404b00, 0x3a980b75, 0x38f07125, 0x373e1daf, 0x359652ce, 0x33edb848,
                 0x323bf6b8, 0x30949f21,
+            ],
+        ),
+        neon: (
+            3,
+            &[
+                0x2ed75b9d, 0x2d2aa615, 0x2b86e304, 0x3e7854ac, 0x3cc3ad25, 0x3b1b5aff, 0x3975806a,
+                0x37c24568, 0x3619984f, 0x3472b414, 0x32c01251, 0x3117daa9, 0x2f6fef71, 0x2dbde5bc,
+                0x2c16221c, 0x3f0a4493, 0x3d5a3910, 0x3bace2ad, 0x3a08a8f5, 0x3857b71d, 0x36aaed7e,
+                0x35071bb1, 0x33553bf1, 0x31a8fdf5, 0x300592d7, 0x2e52c73e, 0x2ca71402, 0x2b040e53,
+                0x3df31a4c, 0x3c4062b2, 0x3a981a3c, 0x38f0549c, 0x373e350a, 0x359660e2, 0x33ed9693,
+                0x323c0dce, 0x3094b19b,
             ],
         ),
     },
@@ -371,6 +440,53 @@ const PROBS: &[ProbCase] = &[
                 0x3ca0a420,
             ],
         ),
+        neon: (
+            238,
+            &[
+                0x3730a880, 0x369d2af5, 0x360bd004, 0x3ca743f4, 0x3c14ce43, 0x3b845c6a, 0x3aeb6070,
+                0x3a511e29, 0x39ba82ba, 0x3925efe7, 0x38939f78, 0x38034e80, 0x37697e28, 0x36cf6d95,
+                0x363907b5, 0x3cdd51fe, 0x3c442b1b, 0x3baf317d, 0x3b1bdd27, 0x3a8aa6a1, 0x39f69bc9,
+                0x395b2e28, 0x38c29210, 0x382dcd67, 0x379aa025, 0x37098c35, 0x3674a3a1, 0x35d96ad0,
+                0x3c8236ca, 0x3be78a44, 0x3b4dad1b, 0x3ab77ef3, 0x3a234106, 0x39913bc8, 0x39012d1d,
+                0x3865af5f, 0x37cc02e2, 0x37360a04, 0x36a1f513, 0x36101434, 0x3cac5c6f, 0x3c1957b3,
+                0x3b886787, 0x3af29928, 0x3a5796ea, 0x39c030f6, 0x392afe15, 0x38981fc4, 0x38075195,
+                0x3770a8d5, 0x36d5da57, 0x363eaa62, 0x3ce40f81, 0x3c4a48ec, 0x3bb487a1, 0x3b209d2e,
+                0x3a8ee1df, 0x39fe28a0, 0x3961ef7a, 0x38c8a4df, 0x383318b2, 0x379f5696, 0x370dbef9,
+                0x367c21a7, 0x35e01f5d, 0x3c863189, 0x3beea677, 0x3b540d65, 0x3abd15b0, 0x3a283a5d,
+                0x3995a9aa, 0x39051ffd, 0x386cbdcf, 0x37d2576d, 0x373b9567, 0x36a6e463, 0x3614792b,
+                0x3cb19c8b, 0x3c1e0435, 0x3b8c918d, 0x3afa07d9, 0x3a5e3e31, 0x39c55346, 0x39303388,
+                0x389cc2db, 0x380b7348, 0x37780904, 0x36dc7511, 0x3643b826, 0x3ceb018f, 0x3c50914f,
+                0x3bba0746, 0x3b258206, 0x3a933da2, 0x3a02f745, 0x3968e249, 0x38cee1c5, 0x38388d30,
+                0x37a4318e, 0x371211fb, 0x3681ec21, 0x35e704d2, 0x3c8a4aa6, 0x3bf5f798, 0x3b5a9b2e,
+                0x3ac20dcd, 0x3a2d5a54, 0x399a39b5, 0x390930ec, 0x387400b5, 0x37d8d8eb, 0x3740787d,
+                0x36abf9f7, 0x36190007, 0x3cb7057f, 0x3c22d4ea, 0x3b90db84, 0x3b00d743, 0x3a6515e3,
+                0x39cb7917, 0x39359183, 0x38a189d7, 0x380fb4a4, 0x377fa0a5, 0x36e33fb1, 0x3649d2e8,
+                0x3cf229bd, 0x3c570624, 0x3bbfb1be, 0x3b2a8ce0, 0x3a97bafd, 0x3a06f7be, 0x3970086e,
+                0x38d54a9c, 0x383e2c29, 0x37a9322e, 0x37168654, 0x3685e4a8, 0x35ee1d24, 0x3c8e8324,
+                0x3bfd7fa2, 0x3b615857, 0x3ac81d13, 0x3a32a224, 0x399eed10, 0x390d60f9, 0x387b79f9,
+                0x37df894b, 0x37467cf9, 0x36b13711, 0x361da9e9, 0x3cbc9889, 0x3c27caf9, 0x3b95467d,
+                0x3b04c797, 0x3a6c1fea, 0x39d1c9d1, 0x393b193d, 0x38a675dd, 0x381416c2, 0x3783b8d6,
+                0x36ea3c32, 0x36501809, 0x3cf989be, 0x3c5da957, 0x3bc4cd6c, 0x3b2fbee7, 0x3a9c5b06,
+                0x3a0b16c6, 0x397763ed, 0x38dbe14e, 0x38433342, 0x37ae59a9, 0x371b1d0a, 0x3689fb74,
+                0x35f56a4f, 0x3c92dc0b, 0x3c02a044, 0x3b6846cb, 0x3ace5647, 0x3a38130b, 0x39a3c4cf,
+                0x3911b12a, 0x388195c8, 0x37e66a7a, 0x374caad5, 0x36b69cf3, 0x362277e0, 0x3cc25702,
+                0x3c2ce791, 0x3b99d38c, 0x3b08d5e5, 0x3a735e2f, 0x39d84760, 0x3940cc0d, 0x38ab881b,
+                0x38189aa9, 0x3787bf10, 0x36f16c64, 0x3656897c, 0x3d00919b, 0x3c647cc6, 0x3bcaef9e,
+                0x3b351953, 0x3aa11ee0, 0x3a0f5561, 0x397ef6b0, 0x38e2a7ba, 0x38494a64, 0x37b3a93e,
+                0x371fd73f, 0x368e3197, 0x35fcee2c, 0x3c975676, 0x3c069e28, 0x3b6f6871, 0x3ad4bb3c,
+                0x3a3dae49, 0x39a8c228, 0x39162293, 0x38858bc1, 0x37ed7e5a, 0x375303f9, 0x36bc2cd0,
+                0x36276b1b, 0x3cc84234, 0x3c322be4, 0x3b9e83cd, 0x3b0d0337, 0x3a7ad2af, 0x39def3a9,
+                0x3945f670, 0x38b0c1c4, 0x381d4172, 0x378be40d, 0x36f8d246, 0x365d2934, 0x3d047bfc,
+                0x3c6b8263, 0x3bd13c94, 0x3b3a9d69, 0x3aa607a4, 0x3a13b49b, 0x39836157, 0x38e99fd5,
+                0x384f8bce, 0x37b92224, 0x3724b618, 0x36928802, 0x36025561, 0x3c9bf373, 0x3c0aba82,
+                0x3b76bf40, 0x3adb4de8, 0x3a42aea1, 0x39ade642, 0x391ab643, 0x38899fec, 0x37f4c6d3,
+                0x37598a53, 0x36c11835, 0x362c84d1, 0x3cce5b8b, 0x3c379930, 0x3ba35860, 0x3b115098,
+                0x3a813faa, 0x39e5d087, 0x394c20a5, 0x38b6240c, 0x38220c45, 0x379028d2, 0x370037e7,
+                0x3663f8e9, 0x3d0884de, 0x3c72bc11, 0x3bd7b631, 0x3b404c70, 0x3aab168b, 0x3a18358d,
+                0x398764fb, 0x38f0cb7b, 0x3855f963, 0x37bec5a2, 0x3729babc, 0x3696ffea, 0x36065110,
+                0x3ca0b42a,
+            ],
+        ),
     },
     ProbCase {
         vocab: 13,
@@ -390,6 +506,13 @@ const PROBS: &[ProbCase] = &[
             &[
                 0x00000000, 0x00000000, 0x00000000, 0x3f7ffffe, 0x33c5dc11, 0x2818ecbe, 0x1c6c6385,
                 0x10b6b3fa, 0x050d35d6, 0x000001b5, 0x00000000, 0x00000000, 0x00000000,
+            ],
+        ),
+        neon: (
+            3,
+            &[
+                0x0041ea45, 0x0041ea45, 0x0041ea45, 0x3f7ffffe, 0x33c565e8, 0x2818eb20, 0x1c6c40aa,
+                0x10b5f651, 0x050d3232, 0x0041ea45, 0x0041ea45, 0x0041ea45, 0x00000000,
             ],
         ),
     },
