@@ -64,6 +64,41 @@ impl Synchronizer for NetSync<'_> {
     }
 }
 
+/// A debugging aid (`AIRLLAMA_DUMP_OPS=<file>`): writes every op output of the first forward
+/// as records `u32 name length, name, u32 layer, u32 rows, u32 row bytes, rows`.
+fn dump_first_forward(
+    path: &std::ffi::OsStr,
+    log: &mut dyn FnMut(&str),
+) -> Option<Box<crate::executor::OpObserver>> {
+    use std::io::Write;
+    let mut file = match std::fs::File::create(path) {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => {
+            log(&format!(
+                "cannot create the op dump {}: {e}",
+                path.to_string_lossy()
+            ));
+            return None;
+        }
+    };
+    Some(Box::new(move |forward, name, layer, rows| {
+        if forward != 0 {
+            return;
+        }
+        let row_bytes = rows.first().map_or(0, |r| r.len());
+        let mut record = Vec::new();
+        record.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        record.extend_from_slice(name.as_bytes());
+        for v in [layer, rows.len() as u32, row_bytes as u32] {
+            record.extend_from_slice(&v.to_le_bytes());
+        }
+        for r in rows {
+            record.extend_from_slice(r);
+        }
+        let _ = file.write_all(&record).and_then(|()| file.flush());
+    }))
+}
+
 /// The available memory of this machine (`MemAvailable` of `/proc/meminfo`), if known.
 pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -130,6 +165,9 @@ pub fn serve_session(
         max_memory: options.max_memory,
     };
     let mut executor = Executor::new(&net, &node, &exec_options)?;
+    if let Some(path) = std::env::var_os("AIRLLAMA_DUMP_OPS") {
+        executor.set_op_observer(dump_first_forward(&path, log));
+    }
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
     while let Some((_, target)) = session.next_weight(&node)? {

@@ -179,7 +179,14 @@ pub struct Executor {
     /// Largest `position + batch` every position-dependent op accepts.
     position_limit: u64,
     scratch: Vec<Mutex<Vec<f32>>>,
+    observer: Option<Box<OpObserver>>,
+    forwards: u64,
 }
+
+/// Sees every op's output after it ran: `(forward index, op name, layer, output rows)`, the
+/// rows of every z plane for the forward's batch items. A debugging aid for finding the first
+/// op whose bytes differ from another implementation's.
+pub type OpObserver = dyn FnMut(u64, &str, u32, &[&[u8]]) + Send;
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -303,6 +310,8 @@ impl Executor {
             n_batches: net.n_batches,
             position_limit,
             scratch,
+            observer: None,
+            forwards: 0,
         };
         executor.fill_rope_caches()?;
         Ok(executor)
@@ -357,6 +366,11 @@ impl Executor {
                 .map_err(|e| bad_rope(op, &e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Installs (or removes) an observer of every op's output.
+    pub fn set_op_observer(&mut self, observer: Option<Box<OpObserver>>) {
+        self.observer = observer;
     }
 
     /// The backend the kernels run with.
@@ -437,6 +451,24 @@ impl Executor {
                         batch,
                     };
                     ops::forward(&self.ops[i], ctx)?;
+                    if let Some(observer) = self.observer.as_mut() {
+                        let op = &self.ops[i];
+                        let o = op.output;
+                        let size = if o.float_type == FloatType::Q80 {
+                            34
+                        } else {
+                            4
+                        };
+                        let bytes = self.slots[o.slot].bytes();
+                        let rows: Vec<&[u8]> = (0..o.z)
+                            .flat_map(|z| (0..batch).map(move |y| z * o.y + y))
+                            .filter_map(|r| {
+                                let e = o.row(r);
+                                bytes.get(e.start * size..e.end * size)
+                            })
+                            .collect();
+                        observer(self.forwards, &op.name, op.layer, &rows);
+                    }
                 }
                 Step::Sync(segment) => {
                     let planned: Vec<_> = self.sync_plan.segment_syncs(segment).copied().collect();
@@ -452,6 +484,7 @@ impl Executor {
                 }
             }
         }
+        self.forwards += 1;
         Ok(())
     }
 }
