@@ -522,3 +522,37 @@ proptest::proptest! {
         check_any(params, n_nodes, sync);
     }
 }
+
+#[test]
+fn hand_made_configs_are_checked() {
+    let header = golden_header("qwen3-q40");
+    let params = GraphParams::dllama(2, SyncFloatType::Q80, 0);
+    let good = *header.config();
+    assert!(LlmGraph::from_config(good, params).is_ok());
+    for broken in [
+        ModelConfigEdit::HeadDim(0),
+        ModelConfigEdit::QDim(100),
+        ModelConfigEdit::KvDim(100),
+    ] {
+        let mut c = good;
+        match broken {
+            ModelConfigEdit::HeadDim(v) => c.head_dim = v,
+            ModelConfigEdit::QDim(v) => c.q_dim = v,
+            ModelConfigEdit::KvDim(v) => c.kv_dim = v,
+        }
+        assert!(
+            matches!(
+                LlmGraph::from_config(c, params),
+                Err(GraphError::Shape { .. })
+            ),
+            "{broken:?}"
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ModelConfigEdit {
+    HeadDim(u32),
+    QDim(u32),
+    KvDim(u32),
+}

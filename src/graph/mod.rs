@@ -438,6 +438,8 @@ impl LlmGraph {
     }
 
     /// As [`LlmGraph::build`], from a config whose `seq_len` is already the context to use.
+    /// A config made by hand is checked for the relations a parsed header guarantees
+    /// (`q_dim = head_dim · n_heads`, `kv_dim = head_dim · n_kv_heads`, `head_dim > 0`).
     pub fn from_config(config: ModelConfig, params: GraphParams) -> Result<LlmGraph, GraphError> {
         let n = params.n_nodes;
         if n == 0 {
@@ -463,6 +465,15 @@ impl LlmGraph {
             if value > limit {
                 return Err(GraphError::TooLarge { what, value, limit });
             }
+        }
+        // A config from `ModelHeader` holds these; one built by hand may not.
+        let heads_consistent = config.head_dim > 0
+            && config.n_heads.checked_mul(config.head_dim) == Some(config.q_dim)
+            && config.n_kv_heads.checked_mul(config.head_dim) == Some(config.kv_dim);
+        if !heads_consistent {
+            return Err(GraphError::Shape {
+                what: "head_dim × heads (q_dim, kv_dim)",
+            });
         }
         let weight = wire_type(config.weight_type);
         let s = slices(&config, n, weight)?;

@@ -110,6 +110,13 @@ impl WeightLoad {
             })
     }
 
+    /// Appends the record header (`u32 nameLen, name+NUL, u32 opIndex, u64 offset, u64 nBytes`);
+    /// a root that sends straight from a memory map writes this, then [`WeightLoad::bytes`]'
+    /// ranges of the file in order.
+    pub fn encode_header(&self, out: &mut Vec<u8>) {
+        WeightMessage::Record(self.header.clone()).encode(out);
+    }
+
     /// Appends the whole record as dllama's root writes it: header, then the data.
     pub fn encode_record(&self, file: &[u8], out: &mut Vec<u8>) -> Result<(), WeightPlanError> {
         if self.bytes.end() > file.len() as u64 {
@@ -118,7 +125,7 @@ impl WeightLoad {
                 actual: file.len() as u64,
             });
         }
-        WeightMessage::Record(self.header.clone()).encode(out);
+        self.encode_header(out);
         self.gather(file, out)
     }
 }
