@@ -5,6 +5,7 @@
 //!   node's slice of it. Weight loading, streaming and zero-data movement all read this table.
 //! - [`tokenizer_file`]: the `.t` tokenizer file.
 //! - [`gguf`]: a GGUF reader, and [`convert`]: GGUF → `.m`/`.t` conversion.
+//! - [`stream`]: layer streaming: `O_DIRECT` io_uring reads into a pinned ring of buffers.
 //! - [`fuzzing`]: fuzz oracles over untrusted bytes, shared by `fuzz/` and the unit tests.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -13,4 +14,5 @@ pub mod fuzzing;
 pub mod gguf;
 pub mod layout;
 pub mod model;
+pub mod stream;
 pub mod tokenizer_file;

@@ -1,0 +1,295 @@
+//! The streaming reader against plain `std::fs` reads: every engine (io_uring, pread), direct and
+//! buffered, unaligned ranges, many requests in flight, slot ownership, errors. A kernel that
+//! lacks io_uring or a file system that refuses `O_DIRECT` makes the corresponding case check
+//! the fallback instead of failing.
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use airllama_io::stream::{EngineChoice, StreamError, StreamOptions, StreamReader};
+use proptest::prelude::*;
+
+/// A scratch directory on the same disk as the repository (not /tmp, which may be tmpfs and
+/// refuse O_DIRECT).
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stream_reader");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A file of `len` pseudo-random bytes.
+fn data_file(name: &str, len: usize) -> (PathBuf, Vec<u8>) {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ len as u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let path = scratch(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    (path, data)
+}
+
+fn uring_available() -> bool {
+    io_uring_probe::available()
+}
+
+mod io_uring_probe {
+    /// Whether this kernel lets us create a ring at all (seccomp and old kernels do not).
+    pub fn available() -> bool {
+        // The reader's own fallback reason is the probe: open a one-slot reader on a small file.
+        let path = super::scratch("probe.bin");
+        std::fs::write(&path, [0u8; 16]).unwrap();
+        let r = airllama_io::stream::StreamReader::open(
+            &path,
+            &airllama_io::stream::StreamOptions::new(1, 4096),
+        )
+        .unwrap();
+        r.fallback_reason().is_none()
+    }
+}
+
+fn options(engine: EngineChoice, direct: bool, slots: usize, slot: usize) -> StreamOptions {
+    let mut o = StreamOptions::new(slots, slot);
+    o.engine = engine;
+    o.direct = direct;
+    // Small chunks so one request is many kernel reads.
+    o.chunk_size = 8192;
+    o.max_in_flight = 6;
+    o
+}
+
+fn check_ranges(reader: &mut StreamReader, data: &[u8], ranges: &[Range<u64>]) {
+    // Keep as many requests in flight as the ring has slots, redeem them in order.
+    let mut pending = std::collections::VecDeque::new();
+    let mut next = 0;
+    while next < ranges.len() || !pending.is_empty() {
+        while next < ranges.len() && reader.free_slots() > 0 {
+            pending.push_back((
+                ranges[next].clone(),
+                reader.submit(ranges[next].clone()).unwrap(),
+            ));
+            next += 1;
+        }
+        let (range, ticket) = pending.pop_front().unwrap();
+        let slot = reader.wait(ticket).unwrap();
+        assert_eq!(
+            &slot[..],
+            &data[range.start as usize..range.end as usize],
+            "range {range:?}"
+        );
+        assert_eq!(slot.file_range(), range);
+    }
+}
+
+fn engines() -> Vec<(EngineChoice, bool)> {
+    vec![
+        (EngineChoice::Auto, true),
+        (EngineChoice::Auto, false),
+        (EngineChoice::Pread, true),
+        (EngineChoice::Pread, false),
+    ]
+}
+
+#[test]
+fn unaligned_ranges_read_exactly_with_every_engine() {
+    let (path, data) = data_file("exact.bin", 1_000_003);
+    let ranges: Vec<Range<u64>> = vec![
+        0..1,
+        1..2,
+        511..513,
+        4095..4097,
+        12_345..98_765,
+        0..200_000,
+        999_000..1_000_003,
+        1_000_003..1_000_003,
+        77..77,
+        300_001..500_000,
+    ];
+    for (engine, direct) in engines() {
+        let mut reader = StreamReader::open(&path, &options(engine, direct, 3, 256 << 10)).unwrap();
+        if engine == EngineChoice::Auto && uring_available() {
+            assert_eq!(reader.engine_name(), "io_uring");
+        } else {
+            assert_eq!(reader.engine_name(), "pread");
+            assert!(reader.fallback_reason().is_some());
+        }
+        if !direct {
+            assert!(!reader.is_direct());
+        }
+        let a = reader.alignment();
+        assert!(a.memory.is_power_of_two() && a.offset.is_power_of_two());
+        check_ranges(&mut reader, &data, &ranges);
+        let stats = reader.take_stats();
+        assert_eq!(stats.requests, ranges.len() as u64);
+        // Every request reads at least its bytes (aligned ranges read more).
+        let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert!(stats.bytes_read >= wanted, "{stats:?}");
+        assert_eq!(reader.free_slots(), 3);
+    }
+}
+
+#[test]
+fn direct_io_is_used_where_the_file_system_allows_it() {
+    let (path, _) = data_file("direct.bin", 10_000);
+    let reader = StreamReader::open(&path, &options(EngineChoice::Auto, true, 1, 16384)).unwrap();
+    // The target dir is on a disk file system here; on tmpfs O_DIRECT is refused and the reader
+    // must have fallen back to buffered reads rather than failing.
+    let fs_refuses = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_direct()
+        .open(&path)
+        .is_err();
+    assert_eq!(reader.is_direct(), !fs_refuses);
+}
+
+trait DirectFlag {
+    fn custom_flags_direct(&mut self) -> &mut Self;
+}
+
+impl DirectFlag for std::fs::OpenOptions {
+    fn custom_flags_direct(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECT)
+    }
+}
+
+#[test]
+fn tmpfs_falls_back_to_buffered_reads() {
+    let dir = Path::new("/dev/shm");
+    if !dir.is_dir() {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let path = dir.join(format!("airllama-stream-test-{}", std::process::id()));
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let result = StreamReader::open(&path, &options(EngineChoice::Auto, true, 2, 65536));
+    let mut reader = match result {
+        Ok(r) => r,
+        Err(e) => {
+            std::fs::remove_file(&path).unwrap();
+            panic!("{e}");
+        }
+    };
+    let direct_refused = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_direct()
+        .open(&path)
+        .is_err();
+    if direct_refused {
+        assert!(!reader.is_direct());
+    }
+    check_ranges(&mut reader, &data, &[3..40_000, 49_999..50_000]);
+    drop(reader);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_slot_has_one_owner_and_returns_on_drop() {
+    let (path, data) = data_file("owner.bin", 100_000);
+    let mut reader =
+        StreamReader::open(&path, &options(EngineChoice::Auto, true, 2, 65536)).unwrap();
+    let t1 = reader.submit(10..20_000).unwrap();
+    let t2 = reader.submit(20_000..40_000).unwrap();
+    // Both slots are taken (one per request in flight): a third request must wait.
+    assert!(matches!(reader.submit(0..10), Err(StreamError::NoFreeSlot)));
+    let a = reader.wait(t1).unwrap();
+    let b = reader.wait(t2).unwrap();
+    assert_ne!(a.slot(), b.slot());
+    assert!(matches!(reader.submit(0..10), Err(StreamError::NoFreeSlot)));
+    assert_eq!(&a[..], &data[10..20_000]);
+    let slot_a = a.slot();
+    drop(a);
+    assert_eq!(reader.free_slots(), 1);
+    let t3 = reader.submit(50_000..60_000).unwrap();
+    let c = reader.wait(t3).unwrap();
+    assert_eq!(c.slot(), slot_a);
+    assert_eq!(&c[..], &data[50_000..60_000]);
+    // b was not disturbed by the read into the other slot.
+    assert_eq!(&b[..], &data[20_000..40_000]);
+    // A handle outlives its reader: the memory is shared, not freed under it.
+    drop(reader);
+    assert_eq!(&b[..], &data[20_000..40_000]);
+}
+
+#[test]
+fn requests_that_do_not_fit_are_refused() {
+    let (path, _) = data_file("refuse.bin", 100_000);
+    let mut reader =
+        StreamReader::open(&path, &options(EngineChoice::Auto, true, 1, 8192)).unwrap();
+    assert!(matches!(
+        reader.submit(0..100_001),
+        Err(StreamError::OutOfFile { .. })
+    ));
+    assert!(matches!(
+        reader.submit(0..50_000),
+        Err(StreamError::TooLarge { .. })
+    ));
+    // An 8 KiB slot holds 8 KiB only when the range is aligned; one byte more needs another block.
+    let align = reader.alignment().block() as u64;
+    assert_eq!(
+        reader.covering_len(&(1..8192)),
+        8192u64.next_multiple_of(align)
+    );
+    if align <= 8192 {
+        assert!(matches!(
+            reader.submit(1..8193),
+            Err(StreamError::TooLarge { .. })
+        ));
+    }
+    // The ring is still usable after refusals.
+    let t = reader.submit(0..8192).unwrap();
+    assert_eq!(reader.wait(t).unwrap().len(), 8192);
+    let bad = StreamReader::open(&scratch("no-such-file"), &StreamOptions::new(1, 4096));
+    assert!(matches!(bad, Err(StreamError::Open { .. })));
+}
+
+#[test]
+fn dropping_a_reader_with_reads_in_flight_is_safe() {
+    let (path, _) = data_file("inflight.bin", 2_000_000);
+    for engine in [EngineChoice::Auto, EngineChoice::Pread] {
+        let mut reader = StreamReader::open(&path, &options(engine, true, 4, 1 << 20)).unwrap();
+        let _t: Vec<_> = (0..4)
+            .map(|i| reader.submit(i * 400_000..(i + 1) * 400_000).unwrap())
+            .collect();
+        drop(reader);
+    }
+}
+
+#[test]
+fn memlock_error_names_the_limit() {
+    let e = StreamError::Memlock {
+        bytes: 1 << 20,
+        limit: Some(65536),
+        source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("65536 bytes") && msg.contains("ulimit -l"),
+        "{msg}"
+    );
+    // The live limit is readable (unlimited reads as None).
+    let _ = airllama_io::stream::memlock_limit();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn any_ranges_read_back_exactly(
+        starts in proptest::collection::vec((0u64..300_000, 0u64..70_000), 1..12),
+        pread in any::<bool>(),
+        direct in any::<bool>(),
+    ) {
+        let (path, data) = data_file(&format!("prop-{}.bin", std::process::id()), 370_001);
+        let engine = if pread { EngineChoice::Pread } else { EngineChoice::Auto };
+        let mut reader = StreamReader::open(&path, &options(engine, direct, 3, 80_000)).unwrap();
+        let ranges: Vec<_> = starts.iter().map(|&(s, l)| s..(s + l).min(370_001)).collect();
+        check_ranges(&mut reader, &data, &ranges);
+    }
+}
