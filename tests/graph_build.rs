@@ -529,30 +529,21 @@ fn hand_made_configs_are_checked() {
     let params = GraphParams::dllama(2, SyncFloatType::Q80, 0);
     let good = *header.config();
     assert!(LlmGraph::from_config(good, params).is_ok());
-    for broken in [
-        ModelConfigEdit::HeadDim(0),
-        ModelConfigEdit::QDim(100),
-        ModelConfigEdit::KvDim(100),
-    ] {
+    type Edit = fn(&mut airllama_io::model::ModelConfig);
+    let edits: [(&str, Edit); 3] = [
+        ("head_dim 0", |c| c.head_dim = 0),
+        ("q_dim 100", |c| c.q_dim = 100),
+        ("kv_dim 100", |c| c.kv_dim = 100),
+    ];
+    for (what, edit) in edits {
         let mut c = good;
-        match broken {
-            ModelConfigEdit::HeadDim(v) => c.head_dim = v,
-            ModelConfigEdit::QDim(v) => c.q_dim = v,
-            ModelConfigEdit::KvDim(v) => c.kv_dim = v,
-        }
+        edit(&mut c);
         assert!(
             matches!(
                 LlmGraph::from_config(c, params),
                 Err(GraphError::Shape { .. })
             ),
-            "{broken:?}"
+            "{what}"
         );
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ModelConfigEdit {
-    HeadDim(u32),
-    QDim(u32),
-    KvDim(u32),
 }
