@@ -3,7 +3,7 @@
 //!
 //! The quick tests walk every `f32` with a stride; the `#[ignore]`d ones walk all 2^32 inputs
 //! (about a minute each on x86-64; `cargo test -p airllama-kernels --release --test ops_math --
-//! --ignored`).
+//! --ignored`; `AIRLLAMA_MATH_STEP=<n>` walks every n-th input instead).
 use airllama_kernels::ops::math;
 
 /// glibc's expf as this machine's glibc computes it (see `math` docs for the three variants).
@@ -87,7 +87,15 @@ fn expf_matches_glibc_exhaustive() {
     if !glibc_expf_is_mirrored() {
         return;
     }
-    check_range(1, "expf", port_expf, f32::exp);
+    check_range(step_from_env(), "expf", port_expf, f32::exp);
+}
+
+/// `AIRLLAMA_MATH_STEP` thins the exhaustive walks (e.g. under qemu); default 1: every input.
+fn step_from_env() -> usize {
+    std::env::var("AIRLLAMA_MATH_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The unfused (SSE2) compilation rounds differently only where the FMA result is within a
@@ -114,5 +122,5 @@ fn sqrt_matches_hardware_sampled() {
 #[test]
 #[ignore]
 fn sqrt_matches_hardware_exhaustive() {
-    check_range(1, "sqrt", math::sqrt, f32::sqrt);
+    check_range(step_from_env(), "sqrt", math::sqrt, f32::sqrt);
 }

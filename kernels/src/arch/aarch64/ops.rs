@@ -306,6 +306,67 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     vaddvq_f32(fs)
 }
 
+/// Four dot products `q · k_j` at once, each accumulated exactly as [`dot`] does (the four
+/// dependency chains interleave; the order inside each is dllama's). `hd % 4 == 0`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    let mut u = [vdupq_n_f32(0.0); 4];
+    let mut i = 0;
+    while i + 4 <= q.len() {
+        let a = load4(&q[i..]);
+        for j in 0..4 {
+            u[j] = vaddq_f32(u[j], vmulq_f32(a, load4(&k[j][i..])));
+        }
+        i += 4;
+    }
+    [
+        vaddvq_f32(u[0]),
+        vaddvq_f32(u[1]),
+        vaddvq_f32(u[2]),
+        vaddvq_f32(u[3]),
+    ]
+}
+
+/// `y[i] = Σ_t a_t · v_t[i]` accumulated in `t` order from zero, one FMA per term (dllama's
+/// `hY[i] += posA * posV[i]` as g++ contracts it into `fmla`). Each value sees the same
+/// operations in the same order as dllama's loop; keeping a block of `y` in registers across
+/// `t` only avoids the stores and reloads between positions.
+#[inline]
+#[target_feature(enable = "neon")]
+fn weighted_sum(y: &mut [f32], att: &[f32], values: &[f32], kv_stride: usize) {
+    let hd = y.len();
+    y.fill(0.0);
+    let mut i = 0;
+    while i + 64 <= hd {
+        let mut acc = [vdupq_n_f32(0.0); 16];
+        for (t, &a) in att.iter().enumerate() {
+            let v = &values[t * kv_stride + i..t * kv_stride + i + 64];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = vfmaq_n_f32(*acc, load4(&v[4 * j..]), a);
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            store4(&mut y[i + 4 * j..], *acc);
+        }
+        i += 64;
+    }
+    while i + 4 <= hd {
+        let mut acc = vdupq_n_f32(0.0);
+        for (t, &a) in att.iter().enumerate() {
+            let v = &values[t * kv_stride + i..t * kv_stride + i + 4];
+            acc = vfmaq_n_f32(acc, load4(v), a);
+        }
+        store4(&mut y[i..], acc);
+        i += 4;
+    }
+    for (k, o) in y[i..].iter_mut().enumerate() {
+        for (t, &a) in att.iter().enumerate() {
+            *o = fma_f32(a, values[t * kv_stride + i + k], *o);
+        }
+    }
+}
+
 /// See [`crate::ops::multihead_attention`]: one head.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn attention_head(
@@ -318,22 +379,21 @@ pub(crate) unsafe fn attention_head(
     root: f32,
 ) {
     let hd = q.len();
-    for (t, a) in att.iter_mut().enumerate() {
-        *a = dot(q, &keys[t * kv_stride..t * kv_stride + hd]) / root;
+    let key = |t: usize| &keys[t * kv_stride..t * kv_stride + hd];
+    let mut t = 0;
+    if hd.is_multiple_of(4) {
+        while t + 4 <= att.len() {
+            let d = dot4(q, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+            for j in 0..4 {
+                att[t + j] = d[j] / root;
+            }
+            t += 4;
+        }
+    }
+    for (t, a) in att.iter_mut().enumerate().skip(t) {
+        *a = dot(q, key(t)) / root;
     }
     // SAFETY: same target feature as this function.
     unsafe { softmax(att) };
-    y.fill(0.0);
-    for (t, &a) in att.iter().enumerate() {
-        let v = &values[t * kv_stride..t * kv_stride + hd];
-        let mut yc = y.chunks_exact_mut(4);
-        let mut vc = v.chunks_exact(4);
-        for (o, x) in (&mut yc).zip(&mut vc) {
-            // `hY[i] += posA * posV[i]`, contracted by g++ into `fmla`.
-            store4(o, vfmaq_n_f32(load4(o), load4(x), a));
-        }
-        for (o, &x) in yc.into_remainder().iter_mut().zip(vc.remainder()) {
-            *o = fma_f32(a, x, *o);
-        }
-    }
+    weighted_sum(y, att, values, kv_stride);
 }

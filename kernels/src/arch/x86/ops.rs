@@ -292,6 +292,68 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     horizontal_sum(u)
 }
 
+/// Four dot products `q · k_j` at once, each accumulated exactly as [`dot`] does (the four
+/// dependency chains interleave; the order inside each is dllama's). `hd % 8 == 0`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    let mut u = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= q.len() {
+        let a = load8(&q[i..]);
+        for j in 0..4 {
+            u[j] = _mm256_fmadd_ps(a, load8(&k[j][i..]), u[j]);
+        }
+        i += 8;
+    }
+    [
+        horizontal_sum(u[0]),
+        horizontal_sum(u[1]),
+        horizontal_sum(u[2]),
+        horizontal_sum(u[3]),
+    ]
+}
+
+/// `y[i] = Σ_t a_t · v_t[i]` accumulated in `t` order from zero, one FMA per term (dllama's
+/// `hY[i] += posA * posV[i]` as g++ contracts it). Each value sees the same operations in the
+/// same order as dllama's loop; keeping a block of `y` in registers across `t` only avoids
+/// the stores and reloads between positions.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_sum(y: &mut [f32], att: &[f32], values: &[f32], kv_stride: usize) {
+    let hd = y.len();
+    y.fill(0.0);
+    let mut i = 0;
+    while i + 64 <= hd {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (t, &a) in att.iter().enumerate() {
+            let v = &values[t * kv_stride + i..t * kv_stride + i + 64];
+            let av = _mm256_set1_ps(a);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(av, load8(&v[8 * j..]), *acc);
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            store8(&mut y[i + 8 * j..], *acc);
+        }
+        i += 64;
+    }
+    while i + 8 <= hd {
+        let mut acc = _mm256_setzero_ps();
+        for (t, &a) in att.iter().enumerate() {
+            let v = &values[t * kv_stride + i..t * kv_stride + i + 8];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a), load8(v), acc);
+        }
+        store8(&mut y[i..], acc);
+        i += 8;
+    }
+    for (k, o) in y[i..].iter_mut().enumerate() {
+        for (t, &a) in att.iter().enumerate() {
+            *o = fma_f32(a, values[t * kv_stride + i + k], *o);
+        }
+    }
+}
+
 /// See [`crate::ops::multihead_attention`]: one head.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn attention_head(
@@ -304,23 +366,21 @@ pub(crate) unsafe fn attention_head(
     root: f32,
 ) {
     let hd = q.len();
-    for (t, a) in att.iter_mut().enumerate() {
-        *a = dot(q, &keys[t * kv_stride..t * kv_stride + hd]) / root;
+    let key = |t: usize| &keys[t * kv_stride..t * kv_stride + hd];
+    let mut t = 0;
+    if hd.is_multiple_of(8) {
+        while t + 4 <= att.len() {
+            let d = dot4(q, [key(t), key(t + 1), key(t + 2), key(t + 3)]);
+            for j in 0..4 {
+                att[t + j] = d[j] / root;
+            }
+            t += 4;
+        }
+    }
+    for (t, a) in att.iter_mut().enumerate().skip(t) {
+        *a = dot(q, key(t)) / root;
     }
     // SAFETY: same target features as this function.
     unsafe { softmax(att) };
-    y.fill(0.0);
-    for (t, &a) in att.iter().enumerate() {
-        let v = &values[t * kv_stride..t * kv_stride + hd];
-        let av = _mm256_set1_ps(a);
-        let mut yc = y.chunks_exact_mut(8);
-        let mut vc = v.chunks_exact(8);
-        for (o, x) in (&mut yc).zip(&mut vc) {
-            // `hY[i] += posA * posV[i]`, contracted by g++.
-            store8(o, _mm256_fmadd_ps(av, load8(x), load8(o)));
-        }
-        for (o, &x) in yc.into_remainder().iter_mut().zip(vc.remainder()) {
-            *o = fma_f32(a, x, *o);
-        }
-    }
+    weighted_sum(y, att, values, kv_stride);
 }
