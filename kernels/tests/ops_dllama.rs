@@ -750,7 +750,11 @@ fn name(case: &Case) -> String {
 
 fn reference_for(isa: Isa) -> Option<Vec<u8>> {
     if isa == Isa::Scalar {
-        return None;
+        // dllama built without SIMD and FMA (plain `-O3` on x86-64) is the scalar backend's
+        // counterpart, but its glibc still picks the FMA expf at run time on FMA CPUs, so the
+        // comparison is opt-in: `AIRLLAMA_OPS_REF_SCALAR=<file>`.
+        let path = std::env::var("AIRLLAMA_OPS_REF_SCALAR").ok()?;
+        return Some(std::fs::read(path).expect("AIRLLAMA_OPS_REF_SCALAR"));
     }
     if let Ok(path) = std::env::var("AIRLLAMA_OPS_REF") {
         return Some(std::fs::read(path).expect("AIRLLAMA_OPS_REF"));
