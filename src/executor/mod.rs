@@ -96,6 +96,16 @@ pub enum ExecutorError {
     /// The thread pool could not start.
     #[error("cannot start {0} threads")]
     Threads(usize),
+    /// A streamed op's weight could not be supplied (see [`WeightFeed`]).
+    #[error("weight of op {op} (layer {layer}) could not be streamed in: {source}")]
+    WeightFeed {
+        /// Op name.
+        op: String,
+        /// Layer index.
+        layer: u32,
+        /// The feed's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Synchronising a pipe with the other nodes failed.
     #[error("sync of pipe {pipe} failed: {source}")]
     Sync {
@@ -129,6 +139,14 @@ impl Synchronizer for NoSync {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Err("this node has no network to sync with".into())
     }
+}
+
+/// Supplies the weights the executor does not hold (layer streaming): an op built as streamed
+/// (see [`Executor::with_streamed_weights`]) asks the feed for its bytes right before it runs.
+/// Ops are numbered in node-config order, segment by segment, and asked for in step order.
+pub trait WeightFeed {
+    /// The weight bytes of op `op`, exactly its weight size; valid until the next call.
+    fn weight(&mut self, op: usize) -> Result<&[u8], Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// How to build an executor.
@@ -181,6 +199,8 @@ pub struct Executor {
     scratch: Vec<Mutex<Vec<f32>>>,
     observer: Option<Box<OpObserver>>,
     forwards: u64,
+    /// `streamed[op]`: the op's weight comes from a [`WeightFeed`], not from `weights`.
+    streamed: Vec<bool>,
 }
 
 /// Sees every op's output after it ran: `(forward index, op name, layer, output rows)`, the
@@ -206,10 +226,30 @@ impl Executor {
         node: &NodeConfig,
         options: &ExecutorOptions,
     ) -> Result<Executor, ExecutorError> {
+        Executor::with_streamed_weights(net, node, options, &[])
+    }
+
+    /// As [`Executor::new`], but the ops with `streamed[op]` set (ops numbered segment by
+    /// segment in node-config order; missing entries are false) get no weight storage: their
+    /// weights come from the [`WeightFeed`] given to [`Executor::forward_with`].
+    pub fn with_streamed_weights(
+        net: &NetConfig,
+        node: &NodeConfig,
+        options: &ExecutorOptions,
+        streamed: &[bool],
+    ) -> Result<Executor, ExecutorError> {
         if options.n_threads == 0 || options.n_threads > MAX_THREADS {
             return Err(ExecutorError::Threads(options.n_threads));
         }
-        let required = node.required_memory(net);
+        let streamed_bytes: u64 = node
+            .segments
+            .iter()
+            .flat_map(|s| &s.ops)
+            .zip(streamed)
+            .filter(|(_, s)| **s)
+            .map(|(op, _)| op.weight_size.n_bytes())
+            .sum();
+        let required = node.required_memory(net).saturating_sub(streamed_bytes);
         if required > options.max_memory {
             return Err(ExecutorError::OutOfMemory {
                 what: "the node (pipes, buffers and weights)".into(),
@@ -288,9 +328,13 @@ impl Executor {
         for info in &infos {
             slots.push(Slab::zeroed(info.size.n_bytes(), &info.name)?);
         }
+        let streamed: Vec<bool> = (0..ops.len())
+            .map(|i| streamed.get(i).copied().unwrap_or(false))
+            .collect();
         let mut weights = Vec::with_capacity(ops.len());
-        for op in &ops {
-            weights.push(Slab::zeroed(op.weight_size.n_bytes(), &op.name)?);
+        for (op, &streamed) in ops.iter().zip(&streamed) {
+            let bytes = if streamed { 0 } else { op.weight_size.n_bytes() };
+            weights.push(Slab::zeroed(bytes, &op.name)?);
         }
         let pool = ThreadPool::new(options.n_threads)
             .map_err(|_| ExecutorError::Threads(options.n_threads))?;
@@ -312,6 +356,7 @@ impl Executor {
             scratch,
             observer: None,
             forwards: 0,
+            streamed,
         };
         executor.fill_rope_caches()?;
         Ok(executor)
@@ -421,6 +466,18 @@ impl Executor {
         batch: u32,
         sync: &mut dyn Synchronizer,
     ) -> Result<(), ExecutorError> {
+        self.forward_with(position, batch, sync, None)
+    }
+
+    /// As [`Executor::forward`], with the weights of streamed ops taken from `feed` (an
+    /// executor with streamed ops fails without one).
+    pub fn forward_with(
+        &mut self,
+        position: u32,
+        batch: u32,
+        sync: &mut dyn Synchronizer,
+        mut feed: Option<&mut dyn WeightFeed>,
+    ) -> Result<(), ExecutorError> {
         let bad = |what| ExecutorError::BadForward {
             position,
             batch,
@@ -442,11 +499,36 @@ impl Executor {
         for step in 0..self.steps.len() {
             match self.steps[step] {
                 Step::Op(i) => {
+                    let weight: &[u8] = if self.streamed[i] {
+                        let op = &self.ops[i];
+                        let feed_err = |source| ExecutorError::WeightFeed {
+                            op: op.name.clone(),
+                            layer: op.layer,
+                            source,
+                        };
+                        let feed = feed
+                            .as_deref_mut()
+                            .ok_or_else(|| feed_err("no weight feed for a streamed op".into()))?;
+                        let bytes = feed.weight(i).map_err(feed_err)?;
+                        if bytes.len() as u64 != op.weight_size.n_bytes() {
+                            return Err(feed_err(
+                                format!(
+                                    "fed {} bytes for a {}-byte weight",
+                                    bytes.len(),
+                                    op.weight_size.n_bytes()
+                                )
+                                .into(),
+                            ));
+                        }
+                        bytes
+                    } else {
+                        self.weights[i].bytes()
+                    };
                     let ctx = ops::Ctx {
                         backend: self.backend,
                         pool: &mut self.pool,
                         slots: &mut self.slots,
-                        weight: &self.weights[i],
+                        weight,
                         scratch: &self.scratch,
                         batch,
                     };

@@ -23,7 +23,7 @@ pub(crate) struct Ctx<'a> {
     pub backend: Backend,
     pub pool: &'a mut ThreadPool,
     pub slots: &'a mut [Slab],
-    pub weight: &'a Slab,
+    pub weight: &'a [u8],
     pub scratch: &'a [Mutex<Vec<f32>>],
     pub batch: usize,
 }
@@ -241,7 +241,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
         Kernel::Embedding { quantize, vocab } => {
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
             let tokens = view::<f32>(inp.bytes())?;
-            let weight = view::<f32>(ctx.weight.bytes())?;
+            let weight = view::<f32>(ctx.weight)?;
             for y in 0..batch {
                 let token = tokens
                     .get(i.row(y).start)
@@ -296,7 +296,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             col_size,
             in_place,
         } => {
-            let weight = view::<f32>(ctx.weight.bytes())?;
+            let weight = view::<f32>(ctx.weight)?;
             // Each (batch item, column) is one row of `col_size` values split between threads.
             let geometry = |v: &View| Split::Columns {
                 stride: col_size,
@@ -359,7 +359,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             }
         }
         Kernel::RmsNormQ80 { inv_rms } => {
-            let weight = view::<f32>(ctx.weight.bytes())?;
+            let weight = view::<f32>(ctx.weight)?;
             let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
             let inv = view::<f32>(inv.bytes())?;
             let inp = view::<Q80Block>(inp.bytes())?;
@@ -386,7 +386,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             d,
             experts,
         } => {
-            let weight = view::<f32>(ctx.weight.bytes())?;
+            let weight = view::<f32>(ctx.weight)?;
             matmul(
                 op,
                 ctx.pool,
@@ -406,7 +406,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             d,
             experts,
         } => {
-            let weight = view::<Q40Block>(ctx.weight.bytes())?;
+            let weight = view::<Q40Block>(ctx.weight)?;
             matmul(
                 op,
                 ctx.pool,
