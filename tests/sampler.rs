@@ -5,7 +5,8 @@
 //! "avx2" columns from a `g++ -O3 -march=native` build (dllama's `__AVX2__` softmax), "generic"
 //! columns from a plain `g++ -O3` x86-64 build (its portable softmax), "neon" columns from a
 //! static `aarch64-linux-gnu-g++ -O3 -march=armv8-a` build run by `qemu-aarch64 -cpu cortex-a72`
-//! (its `__ARM_NEON` softmax).
+//! (its `__ARM_NEON` softmax; the `-march=armv8.2-a+dotprod+fp16` build under `-cpu cortex-a76`
+//! prints the same values, so the column serves both NEON backends).
 use airllama::sampler::{Sampler, SamplerError, XorShiftRng};
 use airllama_kernels::backend::{Backend, Isa};
 use proptest::prelude::*;
@@ -540,6 +541,16 @@ fn probabilities_are_bit_identical_to_dllama() {
             assert_eq!(
                 (id, &bits[..]),
                 (c.avx2.0, c.avx2.1),
+                "{:?}, vocab {}",
+                b.isa(),
+                c.vocab
+            );
+        }
+        for b in neon_backends() {
+            let (id, bits) = probs(b, c);
+            assert_eq!(
+                (id, &bits[..]),
+                (c.neon.0, c.neon.1),
                 "{:?}, vocab {}",
                 b.isa(),
                 c.vocab
