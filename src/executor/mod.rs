@@ -492,7 +492,7 @@ impl Executor {
         {
             let positions = view_mut::<f32>(self.slots[0].bytes_mut())?;
             for (i, p) in positions.iter_mut().take(batch as usize).enumerate() {
-                *p = (position + i as u32) as f32;
+                *p = (u64::from(position) + i as u64) as f32;
             }
         }
         let batch = batch as usize;

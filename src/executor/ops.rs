@@ -297,9 +297,10 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             in_place,
         } => {
             let weight = view::<f32>(ctx.weight)?;
-            // Each (batch item, column) is one row of `col_size` values split between threads.
+            // Each (batch item, column) is one row of `col_size` values split between threads:
+            // one column is the view's own rows, several need rows that follow each other.
             let geometry = |v: &View| Split::Columns {
-                stride: col_size,
+                stride: if cols == 1 { v.stride } else { col_size },
                 rows: batch * cols,
                 offset: v.offset,
                 len: col_size,
@@ -323,7 +324,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                         let w = &weight[r.clone()];
                         match (inp, tmp.as_deref_mut()) {
                             (Some(inp), _) => {
-                                let start = i.offset + yc * col_size;
+                                let start = i.row(y).start + col * col_size;
                                 ops::rms_norm_f32(
                                     backend,
                                     row,

@@ -400,6 +400,11 @@ impl Binder<'_> {
                 && ot == want_out
                 && (wt.is_none() || wt == want_w || (want_w.is_none() && wt == Some(want_in)))
         };
+        // Every op but SHIFT (whose output is a raw cache) reads and writes batch rows.
+        let shift = matches!(op.params, OpParams::Shift { .. });
+        if input.y < batches || (output.y < batches && !shift) {
+            return Err(bad(op, "input or output has fewer rows than nBatches"));
+        }
         let mut rope_init = None;
         let kernel = match &op.params {
             OpParams::MergeAdd(_) => {
