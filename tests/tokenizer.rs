@@ -245,28 +245,8 @@ fn unencodable_text_is_an_error() {
     );
 }
 
-/// The converted SmolLM2 tokenizer: `AIRLLAMA_SMOLLM2_T`, else where `scripts/quickstart.sh`
-/// puts it (`$AIRLLAMA_CACHE` or `.cache/models`).
-fn smollm2() -> Option<TokenizerFile> {
-    let path = match std::env::var_os("AIRLLAMA_SMOLLM2_T") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("AIRLLAMA_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models"))
-            .join("smollm2-135m-instruct.t"),
-    };
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(TokenizerFile::parse(&bytes).unwrap()),
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: no SmolLM2 tokenizer at {} (run scripts/quickstart.sh or set \
-                 AIRLLAMA_SMOLLM2_T)",
-                path.display()
-            );
-            None
-        }
-    }
-}
+mod tokenizer_support;
+use tokenizer_support::smollm2;
 
 /// Hugging Face's ids for SmolLM2-135M-Instruct (no bos: its tokenizer adds none).
 const SMOLLM2_HF: &[(&str, &[u32])] = &[

@@ -10,6 +10,8 @@ use airllama::chat_template::{
 };
 use airllama::tokenizer::Tokenizer;
 
+mod tokenizer_support;
+
 fn conversation(name: &str) -> (Vec<ChatMessage>, bool) {
     use ChatRole::*;
     let m = ChatMessage::new;
@@ -227,20 +229,10 @@ fn golden_tokenizer_has_no_template() {
 
 #[test]
 fn smollm2_chat_prompt_encodes_like_hugging_face() {
-    let path = match std::env::var_os("AIRLLAMA_SMOLLM2_T") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("AIRLLAMA_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models"))
-            .join("smollm2-135m-instruct.t"),
-    };
-    let Ok(tok) = Tokenizer::load(&path) else {
-        eprintln!(
-            "SKIPPED: no SmolLM2 tokenizer at {} (run scripts/quickstart.sh or set AIRLLAMA_SMOLLM2_T)",
-            path.display()
-        );
+    let Some(file) = tokenizer_support::smollm2() else {
         return;
     };
+    let tok = Tokenizer::from_file(&file);
     let kind = ChatTemplateKind::resolve(None, tok.chat_template()).unwrap();
     assert_eq!(kind, ChatTemplateKind::ChatMl);
     let eos = String::from_utf8(tok.piece(tok.eos_ids()[0]).unwrap().to_vec()).unwrap();
