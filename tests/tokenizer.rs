@@ -662,3 +662,32 @@ fn smollm2_long_text_matches_both_references() {
         dllama
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Corrupted `.t` bytes: either a typed error, or a tokenizer that encodes and decodes
+    /// without panicking.
+    #[test]
+    fn corrupted_files_never_panic(
+        file in hostile_file(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        text in prop::collection::vec(alphabet_byte(), 0..32),
+    ) {
+        let mut bytes = file.to_bytes().unwrap();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        let keep = bytes.len() - cut.index(bytes.len() / 8 + 1);
+        bytes.truncate(keep);
+        if let Ok(tok) = Tokenizer::from_bytes(&bytes) {
+            if let Ok(ids) = tok.encode_bytes(&text, true, true) {
+                tok.decode_all(&ids).unwrap();
+            }
+            let ids: Vec<u32> = text.iter().map(|&b| u32::from(b)).collect();
+            let _ = tok.decode_all(&ids);
+        }
+    }
+}
