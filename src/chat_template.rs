@@ -23,6 +23,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::tokenizer::Tokenizer;
+
 /// Why a chat template could not be chosen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -181,6 +183,28 @@ impl ChatTemplate {
             kind,
             eos: eos.into(),
         }
+    }
+
+    /// The renderer dllama's chat mode builds for a tokenizer: the explicit kind or the one
+    /// detected in the tokenizer's template, with the text of its first eos token as `{eos}`
+    /// (empty when the vocabulary has no eos; dllama would read out of bounds).
+    pub fn for_tokenizer(
+        explicit: Option<ChatTemplateKind>,
+        tokenizer: &Tokenizer,
+    ) -> Result<ChatTemplate, ChatTemplateError> {
+        let kind = ChatTemplateKind::resolve(explicit, tokenizer.chat_template())?;
+        let eos = tokenizer
+            .eos_ids()
+            .first()
+            .and_then(|&id| tokenizer.piece(id))
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        Ok(ChatTemplate::new(kind, eos))
+    }
+
+    /// The text inserted after each message (the first eos token's text).
+    pub fn eos(&self) -> &str {
+        &self.eos
     }
 
     /// The format.

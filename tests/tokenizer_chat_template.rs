@@ -233,12 +233,12 @@ fn smollm2_chat_prompt_encodes_like_hugging_face() {
         return;
     };
     let tok = Tokenizer::from_file(&file);
-    let kind = ChatTemplateKind::resolve(None, tok.chat_template()).unwrap();
-    assert_eq!(kind, ChatTemplateKind::ChatMl);
-    let eos = String::from_utf8(tok.piece(tok.eos_ids()[0]).unwrap().to_vec()).unwrap();
-    assert_eq!(eos, "<|im_end|>");
-    let prompt = ChatTemplate::new(kind, eos)
-        .render(&[ChatMessage::new(ChatRole::User, "What is 2+2?")], true);
+    let template = ChatTemplate::for_tokenizer(None, &tok).unwrap();
+    assert_eq!(template.kind(), ChatTemplateKind::ChatMl);
+    assert_eq!(template.eos(), "<|im_end|>");
+    let explicit = ChatTemplate::for_tokenizer(Some(ChatTemplateKind::Llama3), &tok).unwrap();
+    assert_eq!(explicit.kind(), ChatTemplateKind::Llama3);
+    let prompt = template.render(&[ChatMessage::new(ChatRole::User, "What is 2+2?")], true);
     // Hugging Face's ids for the same text (see tests/tokenizer.rs).
     assert_eq!(
         tok.encode(&prompt.text, true, true).unwrap(),
