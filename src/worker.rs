@@ -126,7 +126,12 @@ pub fn serve(options: &WorkerOptions, log: &mut dyn FnMut(&str)) -> Result<(), L
             Ok(forwards) => log(&format!(
                 "session over after {forwards} forward(s); waiting for a root"
             )),
-            Err(e) => log(&format!("error: {e}; session dropped, waiting for a root")),
+            Err(e) => {
+                log(&format!("error: {e}; session dropped, waiting for a root"));
+                // An error before any byte moved (accept failing, say) must not become a
+                // busy loop of log lines.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }
