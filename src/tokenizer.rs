@@ -13,6 +13,33 @@
 //!    token, the one whose result has the highest score is merged (the leftmost on ties; scores
 //!    at or below `-1e10` never merge, as dllama's initial best score excludes them).
 //!
+//! Bytes that never spell a token give [`EncodeError::Unencodable`] (dllama aborts).
+//!
+//! ```
+//! use airllama::tokenizer::{StreamDecoder, Tokenizer};
+//! use airllama_io::tokenizer_file::{Token, TokenizerFile};
+//!
+//! let token = |s: &str, score: f32| Token { bytes: s.as_bytes().to_vec(), score };
+//! let file = TokenizerFile {
+//!     vocab: vec![token("a", 0.0), token("b", 0.0), token("ab", -1.0), token("<s>", 0.0)],
+//!     bos_id: 3, // dllama: ids >= 3 are special
+//!     add_bos: true,
+//!     eos_ids: vec![3],
+//!     chat_template: None,
+//!     chat_stops: vec![],
+//!     extension: None,
+//! };
+//! let tokenizer = Tokenizer::from_file(&file);
+//! let ids = tokenizer.encode("abab", true, true).unwrap();
+//! assert_eq!(ids, [3, 2, 2]);
+//! let mut decoder = StreamDecoder::new();
+//! let text: String = ids
+//!     .iter()
+//!     .map(|&id| decoder.decode(&tokenizer, id).unwrap().to_string())
+//!     .collect();
+//! assert_eq!(text, "abab");
+//! ```
+//!
 //! dllama runs step 3 as a quadratic rescan after each merge; here a heap keyed by
 //! (score, position) with lazy invalidation picks the same pair in `O(n log n)`.
 //!
