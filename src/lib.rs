@@ -4,6 +4,7 @@
 
 pub mod executor;
 pub mod worker;
+pub mod streaming;
 pub mod graph;
 pub mod replay;
 pub mod tokenizer;

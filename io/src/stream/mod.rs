@@ -24,6 +24,7 @@
 //! # Ok::<(), airllama_io::stream::StreamError>(())
 //! ```
 mod align;
+mod cache;
 mod reader;
 mod ring;
 
@@ -33,6 +34,7 @@ use std::path::PathBuf;
 pub use align::{
     AlignSource, DirectAlignment, FALLBACK_ALIGN, OpenedFile, open_for_streaming, probe_alignment,
 };
+pub use cache::{MappedFile, drop_cache};
 pub use reader::{
     DEFAULT_CHUNK, DEFAULT_IN_FLIGHT, EngineChoice, ReadStats, ReadTicket, StreamOptions,
     StreamReader,

@@ -1,0 +1,1036 @@
+//! Layer streaming for the executor: `--mem-budget`.
+//!
+//! The ops of a node are grouped into units, one per layer (the ops of a layer run back to back
+//! and their weights lie together in the file), plus one for the final norm and classifier. A
+//! [`ResidencyPlan`] keeps as many whole units resident as the budget allows after reserving a
+//! ring of read slots, each as large as the largest streamed unit; the others stream: before a
+//! unit computes, the reads of the next streamed units are already submitted into the free
+//! slots (the prefetch depth is the ring's slot count minus one, and follows the budget).
+//!
+//! [`WeightStreamer`] is the executor's [`WeightFeed`]: asked for an op's weight, it returns the
+//! op's bytes inside the loaded slot of its unit, handing the previous unit's slot back to the
+//! ring and topping up the prefetch. The bytes are the file's, untouched, so a streamed forward
+//! computes exactly what a resident one does.
+//!
+//! Two sources:
+//! - a `.m` model file on one node ([`ModelStreaming`]): each op's weight is one contiguous
+//!   tensor of the file, read in place; the embedding table (of which a forward reads one row
+//!   per token) is served from a read-only map instead of being streamed whole.
+//! - weights that arrive over the network (a worker fed by a root, [`SpillFile`]): streamed
+//!   ops are written to a file under `--spill-dir` as they arrive, laid out unit by unit in
+//!   the node's op order, then streamed back the same way.
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airllama_io::layout::TensorRole;
+use airllama_io::stream::{
+    EngineChoice, LoadedSlot, MappedFile, ReadTicket, StreamError, StreamOptions, StreamReader,
+    drop_cache, open_for_streaming,
+};
+use airllama_net::{NodeConfig, WeightTarget};
+
+use crate::executor::WeightFeed;
+use crate::graph::WeightPlan;
+
+/// Most ring slots (current unit + prefetch) the planner uses.
+pub const MAX_SLOTS: usize = 4;
+
+/// Alignment of units in a spill file and of every op inside a unit (the kernels view weights
+/// as `f32` and block types, and SIMD loads like 64).
+const SPILL_ALIGN: u64 = 4096;
+const OP_ALIGN: u64 = 64;
+
+/// Why streaming could not be set up or a streamed read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamingError {
+    /// The budget cannot hold even one unit.
+    #[error(
+        "--mem-budget {budget} bytes cannot hold the largest layer ({needed} bytes with read alignment); raise it"
+    )]
+    BudgetTooSmall {
+        /// The budget.
+        budget: u64,
+        /// Bytes of the largest streamed unit.
+        needed: u64,
+    },
+    /// The reader failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The spill file could not be created or written.
+    #[error("spill file {path}: {source}")]
+    Spill {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The model file could not be mapped.
+    #[error("cannot map {path}: {source}")]
+    Map {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The weights do not fit the graph (an op asked for that has no source).
+    #[error("weight plan: {0}")]
+    Plan(String),
+}
+
+/// Parses a size: plain bytes or a number with a binary suffix K, M, G, T (`512M`, `2G`,
+/// `1.5G`; an optional trailing `B` / `iB` is accepted).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (number, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "{text:?}: unknown size suffix {c:?} (use K, M, G, T)"
+                    ));
+                }
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512M, 2G, 1048576)"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
+/// How to stream.
+#[derive(Debug, Clone)]
+pub struct StreamingOptions {
+    /// Bytes the weights may occupy: resident units plus the read ring.
+    pub mem_budget: u64,
+    /// Read with `O_DIRECT` (bypassing the page cache) where the file system allows it.
+    pub direct: bool,
+    /// io_uring (with pread fallback) or pread only.
+    pub engine: EngineChoice,
+    /// Submit the next units' reads before the current unit computes. Off = read each unit only
+    /// when its first op needs it (read-then-compute; for comparison).
+    pub overlap: bool,
+    /// Where a worker spills weights it receives over the network.
+    pub spill_dir: PathBuf,
+}
+
+impl StreamingOptions {
+    /// `O_DIRECT`, io_uring, overlapped, spilling to the system temp dir.
+    pub fn new(mem_budget: u64) -> StreamingOptions {
+        StreamingOptions {
+            mem_budget,
+            direct: true,
+            engine: EngineChoice::Auto,
+            overlap: true,
+            spill_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// A group of ops whose weights are read together: their file ranges, in op order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// `(op, file range of its weight)`.
+    pub ops: Vec<(usize, Range<u64>)>,
+    /// The file range covering every op's weight.
+    pub range: Range<u64>,
+}
+
+impl Unit {
+    fn len(&self) -> u64 {
+        self.range.end - self.range.start
+    }
+}
+
+/// Groups ops (in step order, each with its layer and the file range of its weight) into
+/// units: a new unit starts when the layer changes, or when an op's bytes lie apart from the
+/// unit's (reading the gap would waste more than 64 KiB).
+pub fn group_units(ops: &[(usize, u32, Range<u64>)]) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::new();
+    let mut last_layer = None;
+    for (op, layer, range) in ops {
+        if let (Some(unit), Some(l)) = (units.last_mut(), last_layer)
+            && l == *layer
+        {
+            let merged = unit.range.start.min(range.start)..unit.range.end.max(range.end);
+            let payload: u64 = unit.ops.iter().map(|(_, r)| r.end - r.start).sum::<u64>()
+                + (range.end - range.start);
+            if merged.end - merged.start <= payload + (64 << 10) {
+                unit.ops.push((*op, range.clone()));
+                unit.range = merged;
+                continue;
+            }
+        }
+        units.push(Unit {
+            ops: vec![(*op, range.clone())],
+            range: range.clone(),
+        });
+        last_layer = Some(*layer);
+    }
+    units
+}
+
+/// Which units stay resident and how large the ring is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidencyPlan {
+    /// Per unit: kept resident.
+    pub resident: Vec<bool>,
+    /// Ring slots (0 when everything is resident).
+    pub n_slots: usize,
+    /// Bytes per slot.
+    pub slot_size: u64,
+    /// Bytes of resident units (plus `extra_resident`).
+    pub resident_bytes: u64,
+}
+
+impl ResidencyPlan {
+    /// Bytes of the ring.
+    pub fn ring_bytes(&self) -> u64 {
+        self.n_slots as u64 * self.slot_size
+    }
+}
+
+/// Plans residency: all resident when everything fits; otherwise a ring of 2..=[`MAX_SLOTS`]
+/// slots (about a quarter of the budget; one slot, read-then-compute, when two do not fit),
+/// then as many whole units resident, in step order, as the rest of the budget holds.
+/// `extra_resident` bytes (ops that cannot stream) are always resident and counted first;
+/// `align` is the read alignment (a unit of `n` bytes may need `n + 2 align` in a slot).
+pub fn plan_residency(
+    units: &[Unit],
+    extra_resident: u64,
+    budget: u64,
+    align: u64,
+) -> Result<ResidencyPlan, StreamingError> {
+    let total: u64 = units.iter().map(Unit::len).sum::<u64>() + extra_resident;
+    if total <= budget || units.is_empty() {
+        return Ok(ResidencyPlan {
+            resident: vec![true; units.len()],
+            n_slots: 0,
+            slot_size: 0,
+            resident_bytes: total,
+        });
+    }
+    let slot_size = units
+        .iter()
+        .map(|u| (u.len() + 2 * align).next_multiple_of(align))
+        .max()
+        .unwrap_or(align);
+    let available = budget.saturating_sub(extra_resident);
+    let fit = (available / slot_size) as usize;
+    if fit == 0 {
+        return Err(StreamingError::BudgetTooSmall {
+            budget,
+            needed: slot_size + extra_resident,
+        });
+    }
+    let n_slots = if fit < 2 {
+        1
+    } else {
+        ((available / 4 / slot_size) as usize).clamp(2, MAX_SLOTS.min(fit))
+    };
+    let mut left = available - n_slots as u64 * slot_size;
+    let mut resident = vec![false; units.len()];
+    let mut resident_bytes = extra_resident;
+    for (u, unit) in units.iter().enumerate() {
+        if unit.len() <= left {
+            left -= unit.len();
+            resident[u] = true;
+            resident_bytes += unit.len();
+        }
+    }
+    Ok(ResidencyPlan {
+        resident,
+        n_slots,
+        slot_size,
+        resident_bytes,
+    })
+}
+
+/// What one forward's weight traffic cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Bytes read from disk (aligned ranges).
+    pub bytes_read: u64,
+    /// Units read.
+    pub units_read: u64,
+    /// Wall time with reads in flight.
+    pub read_time: Duration,
+    /// Time the compute waited for reads.
+    pub io_wait: Duration,
+}
+
+/// Where an op's weight comes from during a forward.
+#[derive(Debug, Clone)]
+enum OpSource {
+    /// Held by the executor.
+    Resident,
+    /// Bytes `range` of the slot of streamed unit `pos`.
+    Streamed { pos: usize, range: Range<usize> },
+    /// Bytes `range` of the mapped model file.
+    Mapped(Range<usize>),
+}
+
+/// The executor's weight feed for streamed (and mapped) ops.
+pub struct WeightStreamer {
+    reader: Option<StreamReader>,
+    map: Option<MappedFile>,
+    /// File range of each streamed unit, in step order.
+    streamed: Vec<Range<u64>>,
+    sources: Vec<OpSource>,
+    overlap: bool,
+    pending: VecDeque<(usize, ReadTicket)>,
+    next_submit: usize,
+    current: Option<(usize, LoadedSlot)>,
+    units_read: u64,
+    /// For the mmap baseline: release each mapped unit once it is done.
+    release_map: Option<Vec<Range<u64>>>,
+    last_mapped_unit: Option<usize>,
+    plan: ResidencyPlan,
+}
+
+impl std::fmt::Debug for WeightStreamer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightStreamer")
+            .field("reader", &self.reader)
+            .field("streamed_units", &self.streamed.len())
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+impl WeightStreamer {
+    /// `streamed[op]` for [`crate::executor::Executor::with_streamed_weights`]: every op the
+    /// executor must not hold.
+    pub fn streamed_ops(&self) -> Vec<bool> {
+        self.sources
+            .iter()
+            .map(|s| !matches!(s, OpSource::Resident))
+            .collect()
+    }
+
+    /// The residency plan in use.
+    pub fn plan(&self) -> &ResidencyPlan {
+        &self.plan
+    }
+
+    /// Units that stream each forward.
+    pub fn n_streamed_units(&self) -> usize {
+        self.streamed.len()
+    }
+
+    /// The reader (engine, alignment, whether direct), if anything streams.
+    pub fn reader(&self) -> Option<&StreamReader> {
+        self.reader.as_ref()
+    }
+
+    /// Call before each forward: starts the first units' reads (so they overlap the resident
+    /// layers' compute) and resets the statistics.
+    pub fn begin_forward(&mut self) -> Result<(), StreamError> {
+        if let Some(reader) = self.reader.as_mut() {
+            reader.take_stats();
+        }
+        self.units_read = 0;
+        if self.overlap {
+            self.top_up()?;
+        }
+        Ok(())
+    }
+
+    /// Call after each forward: the statistics since [`WeightStreamer::begin_forward`].
+    pub fn end_forward(&mut self) -> StreamStats {
+        let Some(reader) = self.reader.as_mut() else {
+            return StreamStats::default();
+        };
+        let _ = reader.poll();
+        let r = reader.take_stats();
+        StreamStats {
+            bytes_read: r.bytes_read,
+            units_read: self.units_read,
+            read_time: r.read_time,
+            io_wait: r.wait_time,
+        }
+    }
+
+    /// Submits the next streamed units into free slots.
+    fn top_up(&mut self) -> Result<(), StreamError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(());
+        };
+        while reader.free_slots() > 0 && self.pending.len() < reader.n_slots() {
+            let pos = self.next_submit;
+            let ticket = reader.submit(self.streamed[pos].clone())?;
+            self.pending.push_back((pos, ticket));
+            self.next_submit = (pos + 1) % self.streamed.len();
+        }
+        Ok(())
+    }
+
+    /// Makes unit `pos` the current one.
+    fn load(&mut self, pos: usize) -> Result<(), StreamError> {
+        self.current = None;
+        if self.overlap {
+            self.top_up()?;
+        }
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or(StreamError::BadRing("nothing streams"))?;
+        // Units are asked for in the order they were submitted; anything else (a forward that
+        // failed half-way) discards the stale reads and starts over at `pos`.
+        while let Some((p, _)) = self.pending.front() {
+            if *p == pos {
+                break;
+            }
+            let (_, stale) = self.pending.pop_front().expect("non-empty");
+            drop(reader.wait(stale)?);
+        }
+        if self.pending.is_empty() {
+            self.next_submit = pos;
+            let ticket = reader.submit(self.streamed[pos].clone())?;
+            self.pending.push_back((pos, ticket));
+            self.next_submit = (pos + 1) % self.streamed.len();
+        }
+        let (_, ticket) = self.pending.pop_front().expect("non-empty");
+        let slot = reader.wait(ticket)?;
+        self.units_read += 1;
+        self.current = Some((pos, slot));
+        if self.overlap {
+            self.top_up()?;
+        }
+        Ok(())
+    }
+}
+
+impl WeightFeed for WeightStreamer {
+    fn weight(&mut self, op: usize) -> Result<&[u8], Box<dyn std::error::Error + Send + Sync>> {
+        match self.sources.get(op).cloned() {
+            Some(OpSource::Streamed { pos, range }) => {
+                if self.current.as_ref().is_some_and(|(p, _)| *p == pos) {
+                    if let Some(reader) = self.reader.as_mut() {
+                        reader.poll()?;
+                    }
+                } else {
+                    self.load(pos)?;
+                }
+                let (_, slot) = self.current.as_ref().expect("loaded");
+                Ok(slot.get(range).ok_or("op range outside its unit's slot")?)
+            }
+            Some(OpSource::Mapped(range)) => {
+                let map = self.map.as_ref().ok_or("no mapped file")?;
+                if let Some(units) = &self.release_map {
+                    // The mmap baseline: release the previous unit once the next one starts.
+                    let unit = units
+                        .iter()
+                        .position(|u| u.start <= range.start as u64 && range.end as u64 <= u.end);
+                    if unit != self.last_mapped_unit {
+                        if let Some(prev) = self.last_mapped_unit {
+                            map.release(units[prev].clone())?;
+                        }
+                        self.last_mapped_unit = unit;
+                    }
+                }
+                Ok(map.bytes().get(range).ok_or("op range outside the file")?)
+            }
+            _ => Err(format!("op {op} is not streamed").into()),
+        }
+    }
+}
+
+/// Numbers each op of `node` as the executor does (segment by segment) with its layer and
+/// weight size.
+fn node_ops(node: &NodeConfig) -> Vec<(usize, u32, u64)> {
+    node.ops()
+        .enumerate()
+        .map(|(i, (_, _, op))| (i, op.index, op.weight_size.n_bytes()))
+        .collect()
+}
+
+/// The executor's op number of a weight target.
+pub fn op_number(node: &NodeConfig, target: &WeightTarget) -> Option<usize> {
+    let before: usize = node
+        .segments
+        .get(..target.segment as usize)?
+        .iter()
+        .map(|s| s.ops.len())
+        .sum();
+    let segment = node.segments.get(target.segment as usize)?;
+    ((target.op as usize) < segment.ops.len()).then_some(before + target.op as usize)
+}
+
+/// How an mmap run (the baseline the benchmark compares with) serves the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapMode {
+    /// Stream through the ring (the real thing).
+    Off,
+    /// Serve every non-resident op from a map of the file, releasing each unit's pages (from
+    /// the process and the page cache) after use: a plain mmap loader held to the budget.
+    Released,
+}
+
+/// Streaming of a `.m` model on a single node: which ops stream and the feed that serves them.
+#[derive(Debug)]
+pub struct ModelStreaming {
+    /// The feed.
+    pub streamer: WeightStreamer,
+}
+
+impl ModelStreaming {
+    /// Plans node 0 of a one-node `plan` over the model at `path` within
+    /// `options.mem_budget`.
+    pub fn plan(
+        path: &Path,
+        node: &NodeConfig,
+        plan: &WeightPlan,
+        options: &StreamingOptions,
+        map_mode: MapMode,
+    ) -> Result<ModelStreaming, StreamingError> {
+        if plan.n_nodes() != 1 {
+            return Err(StreamingError::Plan(
+                "streaming a model file needs a one-node graph (workers stream their own slices)"
+                    .into(),
+            ));
+        }
+        let ops = node_ops(node);
+        // Each op's weight as one file range: its loads, by offset, must be contiguous.
+        let mut pieces: Vec<Vec<(u64, Range<u64>, TensorRole)>> = vec![Vec::new(); ops.len()];
+        for load in plan.node_loads(0) {
+            let op = op_number(node, &load.target)
+                .ok_or_else(|| StreamingError::Plan("a load names no op".into()))?;
+            if !load.bytes.is_contiguous() {
+                return Err(StreamingError::Plan("a one-node slice is strided".into()));
+            }
+            pieces[op].push((
+                load.target.offset,
+                load.bytes.start..load.bytes.end(),
+                load.role,
+            ));
+        }
+        let mut stream_ops = Vec::new();
+        let mut mapped = Vec::new();
+        let mut extra_resident = 0u64;
+        for (op, layer, bytes) in &ops {
+            let p = &mut pieces[*op];
+            if p.is_empty() || *bytes == 0 {
+                continue;
+            }
+            p.sort_by_key(|(o, _, _)| *o);
+            let contiguous = p.windows(2).all(|w| w[0].1.end == w[1].1.start);
+            let range = p[0].1.start..p[p.len() - 1].1.end;
+            let is_embedding = p.iter().any(|(_, _, r)| *r == TensorRole::Embedding);
+            if is_embedding && contiguous {
+                mapped.push((*op, range));
+            } else if contiguous && range.start % 4 == 0 && range.end - range.start == *bytes {
+                stream_ops.push((*op, *layer, range));
+            } else {
+                extra_resident += bytes;
+            }
+        }
+        let align = open_for_streaming(path, options.direct)
+            .map_err(|source| {
+                StreamingError::Stream(StreamError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })?
+            .align
+            .block() as u64;
+        let units = group_units(&stream_ops);
+        let residency = plan_residency(&units, extra_resident, options.mem_budget, align)?;
+        let mut sources = vec![OpSource::Resident; ops.len()];
+        let mut streamed = Vec::new();
+        for (u, unit) in units.iter().enumerate() {
+            if residency.resident[u] {
+                continue;
+            }
+            let pos = streamed.len();
+            streamed.push(unit.range.clone());
+            for (op, range) in &unit.ops {
+                sources[*op] = match map_mode {
+                    MapMode::Off => OpSource::Streamed {
+                        pos,
+                        range: (range.start - unit.range.start) as usize
+                            ..(range.end - unit.range.start) as usize,
+                    },
+                    MapMode::Released => OpSource::Mapped(range.start as usize..range.end as usize),
+                };
+            }
+        }
+        for (op, range) in &mapped {
+            sources[*op] = OpSource::Mapped(range.start as usize..range.end as usize);
+        }
+        let map = if mapped.is_empty() && map_mode == MapMode::Off {
+            None
+        } else {
+            Some(
+                MappedFile::open(path).map_err(|source| StreamingError::Map {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            )
+        };
+        let reader = if streamed.is_empty() || map_mode != MapMode::Off {
+            None
+        } else {
+            let mut o = StreamOptions::new(residency.n_slots, residency.slot_size as usize);
+            o.direct = options.direct;
+            o.engine = options.engine;
+            Some(StreamReader::open(path, &o)?)
+        };
+        let release_map = (map_mode == MapMode::Released).then(|| streamed.clone());
+        Ok(ModelStreaming {
+            streamer: WeightStreamer {
+                reader,
+                map,
+                streamed,
+                sources,
+                overlap: options.overlap,
+                pending: VecDeque::new(),
+                next_submit: 0,
+                current: None,
+                units_read: 0,
+                release_map,
+                last_mapped_unit: None,
+                plan: residency,
+            },
+        })
+    }
+
+    /// Whether the load of `target` goes to the executor's storage (resident ops).
+    pub fn is_resident(&self, node: &NodeConfig, target: &WeightTarget) -> bool {
+        op_number(node, target)
+            .is_some_and(|op| matches!(self.streamer.sources.get(op), Some(OpSource::Resident)))
+    }
+}
+
+/// A worker's spill file: the weights of its streamed ops, written as they arrive over the
+/// network, unit by unit in op order, then streamed back.
+#[derive(Debug)]
+pub struct SpillFile {
+    path: PathBuf,
+    file: File,
+    /// Per op: where its weight starts in the spill file (streamed ops only).
+    place: Vec<Option<u64>>,
+    sizes: Vec<u64>,
+    units: Vec<Unit>,
+    residency: ResidencyPlan,
+    streamed_ops: Vec<bool>,
+    len: u64,
+}
+
+impl SpillFile {
+    /// Plans `node`'s ops within `options.mem_budget` and creates the spill file for the ops
+    /// that stream (nothing is created when all weights fit).
+    pub fn create(
+        node: &NodeConfig,
+        options: &StreamingOptions,
+    ) -> Result<Option<SpillFile>, StreamingError> {
+        let ops = node_ops(node);
+        // Lay every weighted op out as if all streamed: units start block-aligned, ops inside
+        // a unit 64-byte aligned; then plan residency on those ranges.
+        let mut at = 0u64;
+        let mut laid = Vec::new();
+        let mut last_layer = None;
+        for (op, layer, bytes) in &ops {
+            if *bytes == 0 {
+                continue;
+            }
+            if last_layer != Some(*layer) {
+                at = at.next_multiple_of(SPILL_ALIGN);
+                last_layer = Some(*layer);
+            } else {
+                at = at.next_multiple_of(OP_ALIGN);
+            }
+            laid.push((*op, *layer, at..at + bytes));
+            at += bytes;
+        }
+        let units = group_units(&laid);
+        let residency = plan_residency(&units, 0, options.mem_budget, SPILL_ALIGN)?;
+        if residency.n_slots == 0 {
+            return Ok(None);
+        }
+        // Compact: only streamed units go to the file.
+        let mut place = vec![None; ops.len()];
+        let mut streamed_units = Vec::new();
+        let mut streamed_ops = vec![false; ops.len()];
+        let mut at = 0u64;
+        for (u, unit) in units.iter().enumerate() {
+            if residency.resident[u] {
+                continue;
+            }
+            at = at.next_multiple_of(SPILL_ALIGN);
+            let base = at;
+            let mut new_ops = Vec::new();
+            for (op, range) in &unit.ops {
+                let start = base + (range.start - unit.range.start);
+                let end = start + (range.end - range.start);
+                place[*op] = Some(start);
+                streamed_ops[*op] = true;
+                new_ops.push((*op, start..end));
+            }
+            at = base + unit.len();
+            streamed_units.push(Unit {
+                ops: new_ops,
+                range: base..at,
+            });
+        }
+        std::fs::create_dir_all(&options.spill_dir).map_err(|source| StreamingError::Spill {
+            path: options.spill_dir.clone(),
+            source,
+        })?;
+        static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = options.spill_dir.join(format!(
+            "airllama-spill-{}-{}.bin",
+            std::process::id(),
+            SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let spill_err = |source| StreamingError::Spill {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(spill_err)?;
+        file.set_len(at).map_err(spill_err)?;
+        Ok(Some(SpillFile {
+            path,
+            file,
+            place,
+            sizes: ops.iter().map(|o| o.2).collect(),
+            units: streamed_units,
+            residency,
+            streamed_ops,
+            len: at,
+        }))
+    }
+
+    /// `streamed[op]` for [`crate::executor::Executor::with_streamed_weights`].
+    pub fn streamed_ops(&self) -> &[bool] {
+        &self.streamed_ops
+    }
+
+    /// The residency plan.
+    pub fn plan(&self) -> &ResidencyPlan {
+        &self.residency
+    }
+
+    /// The spill file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `target`'s op streams (its data goes to [`SpillFile::write`]).
+    pub fn spills(&self, node: &NodeConfig, target: &WeightTarget) -> Option<usize> {
+        op_number(node, target).filter(|op| self.streamed_ops.get(*op) == Some(&true))
+    }
+
+    /// Writes `data`, the bytes at `offset` of op `op`'s weight.
+    pub fn write(&mut self, op: usize, offset: u64, data: &[u8]) -> Result<(), StreamingError> {
+        let (Some(Some(base)), Some(&size)) = (self.place.get(op), self.sizes.get(op)) else {
+            return Err(StreamingError::Plan(format!("op {op} does not spill")));
+        };
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > size)
+        {
+            return Err(StreamingError::Plan(format!(
+                "op {op}: bytes {offset}+{} exceed its {size}-byte weight",
+                data.len()
+            )));
+        }
+        self.file
+            .write_all_at(data, base + offset)
+            .map_err(|source| StreamingError::Spill {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Flushes the file, drops it from the page cache and opens the streamer over it. The file
+    /// is unlinked once open (it lives as long as the streamer).
+    pub fn finish(self, options: &StreamingOptions) -> Result<WeightStreamer, StreamingError> {
+        let spill_err = |source| StreamingError::Spill {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.sync_data().map_err(spill_err)?;
+        drop_cache(&self.file, 0..self.len).map_err(spill_err)?;
+        let mut o = StreamOptions::new(self.residency.n_slots, self.residency.slot_size as usize);
+        o.direct = options.direct;
+        o.engine = options.engine;
+        let reader = StreamReader::open(&self.path, &o);
+        let _ = std::fs::remove_file(&self.path);
+        let reader = reader?;
+        let mut sources = vec![OpSource::Resident; self.place.len()];
+        let mut streamed = Vec::new();
+        for (pos, unit) in self.units.iter().enumerate() {
+            streamed.push(unit.range.clone());
+            for (op, range) in &unit.ops {
+                sources[*op] = OpSource::Streamed {
+                    pos,
+                    range: (range.start - unit.range.start) as usize
+                        ..(range.end - unit.range.start) as usize,
+                };
+            }
+        }
+        Ok(WeightStreamer {
+            reader: Some(reader),
+            map: None,
+            streamed,
+            sources,
+            overlap: options.overlap,
+            pending: VecDeque::new(),
+            next_submit: 0,
+            current: None,
+            units_read: 0,
+            release_map: None,
+            last_mapped_unit: None,
+            plan: self.residency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "-1G", "1X", "0", "nan"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn unit(len: u64, at: u64, op: usize) -> Unit {
+        Unit {
+            ops: vec![(op, at..at + len)],
+            range: at..at + len,
+        }
+    }
+
+    #[test]
+    fn residency_follows_the_budget() {
+        let units: Vec<Unit> = (0..10).map(|i| unit(1000, i * 1000, i as usize)).collect();
+        // Everything fits.
+        let p = plan_residency(&units, 0, 10_000, 512).unwrap();
+        assert_eq!((p.n_slots, p.resident.iter().all(|r| *r)), (0, true));
+        // Slot: 1000 + 2 * 512 rounded to 512 = 2048.
+        let p = plan_residency(&units, 0, 2047, 512);
+        assert!(matches!(
+            p,
+            Err(StreamingError::BudgetTooSmall { needed: 2048, .. })
+        ));
+        // Smaller than two units: one slot, nothing resident.
+        let p = plan_residency(&units, 0, 3000, 512).unwrap();
+        assert_eq!((p.n_slots, p.slot_size), (1, 2048));
+        assert!(p.resident.iter().all(|r| !r));
+        // Two slots, the rest resident in step order.
+        let p = plan_residency(&units, 0, 8100, 512).unwrap();
+        assert_eq!(p.n_slots, 2);
+        assert_eq!(p.resident.iter().filter(|r| **r).count(), 4);
+        assert!(p.resident[..4].iter().all(|r| *r));
+        assert!(p.ring_bytes() + p.resident_bytes <= 8100);
+        // A larger budget buys a deeper ring, capped.
+        let units: Vec<Unit> = (0..100).map(|i| unit(1000, i * 1000, i as usize)).collect();
+        let p = plan_residency(&units, 0, 90_000, 512).unwrap();
+        assert_eq!(p.n_slots, MAX_SLOTS);
+        assert!(p.ring_bytes() + p.resident_bytes <= 90_000);
+    }
+
+    #[test]
+    fn units_follow_layers_and_adjacency() {
+        let ops = vec![
+            (0, 0, 0..100),
+            (1, 0, 100..300),
+            (2, 1, 300..400),
+            (3, 1, 400..500),
+            // Same layer, but far away in the file: its own unit.
+            (4, 1, 1_000_000..1_000_100),
+            // Final ops carry layer 0 again but follow layer 1: a new unit.
+            (5, 0, 1_000_100..1_000_200),
+        ];
+        let units = group_units(&ops);
+        let shape: Vec<Vec<usize>> = units
+            .iter()
+            .map(|u| u.ops.iter().map(|(o, _)| *o).collect())
+            .collect();
+        assert_eq!(shape, vec![vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+        assert_eq!(units[1].range, 300..500);
+    }
+}
+
+/// Synthetic `.m` models for tests and benchmarks: a valid header and pseudo-random weights of
+/// the right types (Q40 blocks with small finite scales, F32 norms near one), so any shape can
+/// be made without downloading a model.
+pub mod synthetic {
+    use std::io::{self, Write};
+    use std::path::Path;
+
+    use airllama_io::layout::ModelLayout;
+    use airllama_io::model::{ArchType, HiddenAct, ModelParams};
+    use airllama_kernels::block::FloatType;
+
+    /// The shape of a synthetic llama.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct LlamaShape {
+        /// Model dimension.
+        pub dim: u32,
+        /// Feed-forward dimension.
+        pub hidden_dim: u32,
+        /// Layers.
+        pub n_layers: u32,
+        /// Attention heads.
+        pub n_heads: u32,
+        /// Key/value heads.
+        pub n_kv_heads: u32,
+        /// Vocabulary size.
+        pub vocab_size: u32,
+        /// Context length.
+        pub seq_len: u32,
+    }
+
+    impl LlamaShape {
+        /// Llama-2-7B's shape (about 3.9 GB in Q40, with an F32 embedding).
+        pub const LLAMA2_7B: LlamaShape = LlamaShape {
+            dim: 4096,
+            hidden_dim: 11008,
+            n_layers: 32,
+            n_heads: 32,
+            n_kv_heads: 32,
+            vocab_size: 32000,
+            seq_len: 4096,
+        };
+
+        /// The header parameters: SiLU, rope theta 10000, weights of `weight_type`.
+        pub fn params(&self, weight_type: FloatType) -> ModelParams {
+            ModelParams {
+                arch: ArchType::Llama,
+                hidden_act: HiddenAct::Silu,
+                dim: self.dim,
+                hidden_dim: self.hidden_dim,
+                n_layers: self.n_layers,
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_kv_heads,
+                weight_type,
+                seq_len: self.seq_len,
+                vocab_size: self.vocab_size,
+                n_experts: 0,
+                n_active_experts: 0,
+                rope_theta: Some(10000),
+                rope_scaling: None,
+                head_dim: None,
+                norm_epsilon: None,
+                moe_hidden_dim: None,
+            }
+        }
+    }
+
+    /// xorshift64*: fast, deterministic, good enough for weights nobody reads for meaning.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    /// Writes a model with `params` and weights from `seed` to `path`; returns its size. Each
+    /// tensor is written as the layout table lists it, so the file is exactly what
+    /// [`ModelLayout::new`] expects.
+    pub fn write_model(path: &Path, params: &ModelParams, seed: u64) -> io::Result<u64> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let header = params.to_header().map_err(|e| invalid(e.to_string()))?;
+        let mut file_size = header.header_size();
+        // Find the file size the layout wants by asking it (it names the right size).
+        let layout = match ModelLayout::new(&header, file_size) {
+            Ok(l) => l,
+            Err(airllama_io::layout::LayoutError::FileTooShort { expected, .. }) => {
+                file_size = expected;
+                ModelLayout::new(&header, file_size).map_err(|e| invalid(e.to_string()))?
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let file = std::fs::File::create(path)?;
+        let mut out = io::BufWriter::with_capacity(8 << 20, file);
+        header.write_to(&mut out)?;
+        let mut rng = Rng(seed | 1);
+        let mut chunk = vec![0u8; 18 << 18];
+        for tensor in layout.tensors() {
+            let mut left = tensor.size;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                let buf = &mut chunk[..n];
+                match tensor.float_type {
+                    FloatType::Q40 => {
+                        // Chunks are multiples of 18 bytes, so blocks never straddle them.
+                        for block in buf.chunks_mut(18) {
+                            let r = rng.next();
+                            // f16 scale in [2^-7, 2^-6): 0x2000..0x2400.
+                            let d = 0x2000u16 | (r as u16 & 0x03ff);
+                            block[..2].copy_from_slice(&d.to_le_bytes());
+                            let q = rng.next().to_le_bytes();
+                            let q2 = r.to_le_bytes();
+                            let rest = &mut block[2..];
+                            let len = rest.len();
+                            rest[..len.min(8)].copy_from_slice(&q[..len.min(8)]);
+                            if len > 8 {
+                                rest[8..].copy_from_slice(&q2[..len - 8]);
+                            }
+                        }
+                    }
+                    _ => {
+                        let norm = tensor.cols == params.dim && tensor.rows == 1
+                            || matches!(
+                                tensor.role,
+                                airllama_io::layout::TensorRole::AttentionNorm
+                                    | airllama_io::layout::TensorRole::FfnNorm
+                                    | airllama_io::layout::TensorRole::FinalNorm
+                                    | airllama_io::layout::TensorRole::QNorm
+                                    | airllama_io::layout::TensorRole::KNorm
+                            );
+                        for v in buf.chunks_mut(4) {
+                            let u = (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                            let x = if norm { 1.0 + 0.2 * u } else { 0.2 * u };
+                            let b = x.to_le_bytes();
+                            v.copy_from_slice(&b[..v.len()]);
+                        }
+                    }
+                }
+                out.write_all(buf)?;
+                left -= n as u64;
+            }
+        }
+        out.flush()?;
+        Ok(file_size)
+    }
+}
