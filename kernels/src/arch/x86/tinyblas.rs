@@ -281,3 +281,61 @@ pub(crate) fn has_avx512_vnni() -> bool {
         ))
     }
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, Isa};
+
+    /// A Q80·Q40 kernel body.
+    type Body = unsafe fn(&mut [&mut [f32]], &[Q80Block], &[Q40Block], usize);
+
+    /// The AVX-512 and VNNI instantiations must give the AVX2 body's bits (the public tests only
+    /// reach the one the host CPU selects).
+    #[test]
+    fn every_x86_q40_instantiation_agrees() {
+        if Backend::new(Isa::Avx512).is_none() {
+            return;
+        }
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (d, nb, batch) in [(1, 1, 1), (5, 3, 2), (9, 7, 5), (4, 4, 4), (13, 2, 9)] {
+            let w: alloc::vec::Vec<Q40Block> = (0..d * nb)
+                .map(|_| Q40Block {
+                    d: [next() as u8, 0x30 | (next() as u8 & 0x8f)],
+                    qs: next().to_le_bytes().repeat(2).try_into().unwrap(),
+                })
+                .collect();
+            let x: alloc::vec::Vec<Q80Block> = (0..nb * batch)
+                .map(|_| {
+                    let mut qs = [0i8; 32];
+                    qs.iter_mut().for_each(|q| *q = next() as i8);
+                    Q80Block {
+                        d: [next() as u8, 0x2c],
+                        qs,
+                    }
+                })
+                .collect();
+            let run = |f: Body| {
+                let mut out = alloc::vec![0.0f32; d * batch];
+                let mut outs: alloc::vec::Vec<&mut [f32]> = out.chunks_mut(d).collect();
+                // SAFETY: the CPU has AVX-512 F/BW/DQ/VL (checked above); VNNI is checked below
+                // before its body runs; shapes are consistent by construction.
+                unsafe { f(&mut outs, &x, &w, nb) };
+                out.iter()
+                    .map(|v| v.to_bits())
+                    .collect::<alloc::vec::Vec<_>>()
+            };
+            let reference = run(matmul_q80_q40_avx2);
+            assert_eq!(run(matmul_q80_q40_avx512), reference, "{d} {nb} {batch}");
+            if has_avx512_vnni() {
+                assert_eq!(run(matmul_q80_q40_vnni), reference, "{d} {nb} {batch}");
+            }
+        }
+    }
+}
