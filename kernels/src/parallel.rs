@@ -692,4 +692,23 @@ mod tests {
         assert!(pool.run(&|i| assert!(i != 2)).is_err());
         pool.run(&|_| {}).unwrap();
     }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_panic_on_the_calling_thread_still_waits_for_the_others() {
+        use core::sync::atomic::AtomicUsize;
+        let mut pool = ThreadPool::new(3).unwrap();
+        let finished = AtomicUsize::new(0);
+        let result = pool.run(&|i| {
+            if i == 0 {
+                panic!("thread 0 fails");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            finished.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(result.is_err());
+        // `run` returned only after both workers were done with the borrowed closure.
+        assert_eq!(finished.load(Ordering::SeqCst), 2);
+        pool.run(&|_| {}).unwrap();
+    }
 }
