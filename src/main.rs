@@ -27,6 +27,8 @@ enum Command {
     Inference(cli::inference::Args),
     /// Chat over stdin as a dllama root (drop-in for `dllama chat`).
     Chat(cli::chat::Args),
+    /// Write a synthetic model (random weights of a chosen shape) for tests and benchmarks.
+    GenModel(cli::gen_model::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cli::replay::run(args),
         Command::Inference(args) => cli::inference::run(args),
         Command::Chat(args) => cli::chat::run(args),
+        Command::GenModel(args) => cli::gen_model::run(args),
     };
     match result {
         Ok(code) => code,

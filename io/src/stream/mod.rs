@@ -37,7 +37,7 @@ pub use align::{
 pub use cache::{MappedFile, drop_cache};
 pub use reader::{
     DEFAULT_CHUNK, DEFAULT_IN_FLIGHT, EngineChoice, ReadStats, ReadTicket, StreamOptions,
-    StreamReader,
+    StreamReader, sequential_read,
 };
 pub use ring::{LoadedSlot, memlock_limit};
 

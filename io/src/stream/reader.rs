@@ -634,3 +634,50 @@ fn covering(range: &Range<u64>, align: u64) -> Range<u64> {
     let end = range.end.next_multiple_of(align);
     start..end.max(start)
 }
+
+/// Sequential read throughput of `path` through the same machinery the streamer uses:
+/// `depth` reads of `block` bytes in flight (one slot each), for about `duration`, wrapping
+/// around the file. Returns the bytes read and the time taken. With `direct`, the page cache
+/// is bypassed, so this is the disk's `O_DIRECT` sequential bandwidth.
+pub fn sequential_read(
+    path: &Path,
+    block: usize,
+    depth: usize,
+    duration: Duration,
+    direct: bool,
+) -> Result<(u64, Duration), StreamError> {
+    let mut options = StreamOptions::new(depth, block);
+    options.chunk_size = block;
+    options.max_in_flight = depth;
+    options.direct = direct;
+    let mut reader = StreamReader::open(path, &options)?;
+    let len = reader.file_len();
+    let block = block as u64;
+    if len < block {
+        return Err(StreamError::BadRing("file smaller than one block"));
+    }
+    let mut next = 0u64;
+    let mut queue = VecDeque::new();
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        while reader.free_slots() > 0 {
+            if next + block > len {
+                next = 0;
+            }
+            queue.push_back(reader.submit(next..next + block)?);
+            next += block;
+        }
+        let slot = reader.wait(queue.pop_front().expect("submitted"))?;
+        bytes += slot.len() as u64;
+        drop(slot);
+        if started.elapsed() >= duration {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    while let Some(t) = queue.pop_front() {
+        drop(reader.wait(t)?);
+    }
+    Ok((bytes, elapsed))
+}
