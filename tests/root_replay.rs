@@ -290,10 +290,11 @@ fn backend_for(scenario: &str) -> Option<Backend> {
     })
 }
 
-fn replay_recorded(
-    scenario: &str,
-    feed: Feed,
-) -> Option<(Golden, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u32>)> {
+/// A recorded-workers run: the scenario, what each listener received, what it should have
+/// received, and the root's sampled tokens.
+type Replayed = (Golden, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u32>);
+
+fn replay_recorded(scenario: &str, feed: Feed) -> Option<Replayed> {
     let backend = backend_for(scenario)?;
     let g = load(scenario);
     let listeners: Vec<TcpListener> = (0..g.n_workers)
@@ -522,10 +523,7 @@ fn cli_inference_matches_root_stdout() {
             .collect()
     };
     let theirs: Vec<&[u8]> = g.stdout.iter().map(Vec::as_slice).collect();
-    assert!(
-        ours.iter().any(|l| *l == g.prompt.as_bytes()),
-        "prompt line"
-    );
+    assert!(ours.contains(&g.prompt.as_bytes()), "prompt line");
     assert_eq!(pick(&ours, "🔷️"), pick(&theirs, "🔷️"), "eval lines");
     // Valid UTF-8 pieces are printed the same; dllama prints raw invalid bytes where airllama
     // prints U+FFFD or holds the bytes back ("~").

@@ -104,8 +104,8 @@ pub fn say(line: &str) {
 
 /// Loads the tokenizer, starts the root (workers, configs, weights) and builds the sampler.
 pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
-    let tokenizer = Tokenizer::load(&args.tokenizer)
-        .with_context(|| format!("tokenizer file {}", args.tokenizer.display()))?;
+    // The tokenizer's errors name the file.
+    let tokenizer = Tokenizer::load(&args.tokenizer)?;
     let backend = Backend::detect();
     let options = RootOptions {
         model: args.model.clone(),
@@ -230,7 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )),
         Step::Pred { token, stats, .. } => {
             let piece = match decoder.decode(&tokenizer, token) {
-                Ok(p) if p.is_empty() => "~".to_string(),
+                Ok("") => "~".to_string(),
                 Ok(p) => p.to_string(),
                 Err(e) => {
                     decode_error.get_or_insert(e.to_string());
