@@ -787,6 +787,13 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
     }
 }
 
+/// The input rows and weight of a MATMUL, typed.
+#[derive(Clone, Copy)]
+enum MatInput<'a> {
+    F32(&'a [f32], &'a [f32]),
+    Q80(&'a [Q80Block], &'a [Q40Block]),
+}
+
 /// The weight of a MATMUL, typed.
 #[derive(Clone, Copy)]
 enum MatWeights<'a> {
@@ -850,37 +857,33 @@ fn matmul(
         columns(&o, rows, 1),
         threads,
     )?;
-    let inp_bytes = inp.bytes();
+    // The input typed once, before the job: a slot that cannot be viewed fails the op.
+    let input = match weights {
+        MatWeights::F32(w) => MatInput::F32(view::<f32>(inp.bytes())?, w),
+        MatWeights::Q40(w) => MatInput::Q80(view::<Q80Block>(inp.bytes())?, w),
+    };
     let call = |outs: &mut [&mut [f32]],
                 x_start: usize,
                 x_len: usize,
                 w_start: usize,
                 w_len: usize,
-                ord: MatmulOrder| match weights {
-        MatWeights::F32(w) => {
-            if let Ok(x) = view::<f32>(inp_bytes) {
-                matmul_f32(
-                    backend,
-                    ord,
-                    outs,
-                    &x[x_start..x_start + x_len],
-                    &w[w_start..w_start + w_len],
-                    n_in,
-                );
-            }
-        }
-        MatWeights::Q40(w) => {
-            if let Ok(x) = view::<Q80Block>(inp_bytes) {
-                matmul_q80_q40(
-                    backend,
-                    ord,
-                    outs,
-                    &x[x_start..x_start + x_len],
-                    &w[w_start..w_start + w_len],
-                    n_in,
-                );
-            }
-        }
+                ord: MatmulOrder| match input {
+        MatInput::F32(x, w) => matmul_f32(
+            backend,
+            ord,
+            outs,
+            &x[x_start..x_start + x_len],
+            &w[w_start..w_start + w_len],
+            n_in,
+        ),
+        MatInput::Q80(x, w) => matmul_q80_q40(
+            backend,
+            ord,
+            outs,
+            &x[x_start..x_start + x_len],
+            &w[w_start..w_start + w_len],
+            n_in,
+        ),
     };
     run(pool, inline, op, failure, &|t, f| {
         let Ok(mut part) = s.claim(t) else {
