@@ -333,7 +333,11 @@ impl Executor {
             .collect();
         let mut weights = Vec::with_capacity(ops.len());
         for (op, &streamed) in ops.iter().zip(&streamed) {
-            let bytes = if streamed { 0 } else { op.weight_size.n_bytes() };
+            let bytes = if streamed {
+                0
+            } else {
+                op.weight_size.n_bytes()
+            };
             weights.push(Slab::zeroed(bytes, &op.name)?);
         }
         let pool = ThreadPool::new(options.n_threads)
