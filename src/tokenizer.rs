@@ -747,7 +747,7 @@ impl StreamDecoder {
 /// What the GPT-2 pre-tokenizer pattern sees of a character.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CharClass {
-    /// `\p{L}` (approximated by Unicode `Alphabetic`).
+    /// `\p{L}` (approximated by Unicode `Alphabetic` minus numerics).
     Letter,
     /// `\p{N}`.
     Number,
@@ -770,17 +770,19 @@ struct PreTokenUnit {
 /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
 ///
 /// Hugging Face's byte-level BPE runs this regex before merging, so no merge crosses a word
-/// boundary. Letters are approximated by `char::is_alphabetic` (which also admits letter
-/// numbers and some combining marks); bytes that are not UTF-8 count as punctuation.
+/// boundary. `\p{N}` is `char::is_numeric`; `\p{L}` is approximated by `char::is_alphabetic` on
+/// the rest (which also admits the combining marks that are `Other_Alphabetic`, e.g. Devanagari
+/// vowel signs); bytes that are not UTF-8 count as punctuation.
 fn gpt2_pre_tokens(text: &[u8], isolate_digits: bool) -> Vec<std::ops::Range<usize>> {
     let mut units: Vec<PreTokenUnit> = Vec::with_capacity(text.len());
     let mut at = 0usize;
     for chunk in text.utf8_chunks() {
         for c in chunk.valid().chars() {
-            let class = if c.is_alphabetic() {
-                CharClass::Letter
-            } else if c.is_numeric() {
+            // Numeric first: letter numbers (Roman numerals) are `Alphabetic` but `\p{N}`.
+            let class = if c.is_numeric() {
                 CharClass::Number
+            } else if c.is_alphabetic() {
+                CharClass::Letter
             } else if c.is_whitespace() {
                 CharClass::Space
             } else {
@@ -902,6 +904,11 @@ mod tests {
         assert_eq!(split("  0.", true), ["  ", "0", "."]);
         assert_eq!(split("'S x", false), ["'", "S", " x"]);
         assert!(split("", false).is_empty());
+        // Letter numbers are numbers, isolated like digits.
+        assert_eq!(
+            split("\u{216b} ch \u{2177}", true),
+            ["\u{216b}", " ch", " ", "\u{2177}"]
+        );
     }
 
     #[test]
