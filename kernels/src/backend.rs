@@ -32,7 +32,13 @@ pub enum Isa {
 
 impl Isa {
     /// Every instruction set, from the most portable to the most specific.
-    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDotprod];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Neon,
+        Isa::NeonDotprod,
+    ];
 
     /// The lower-case name used by `AIRLLAMA_ISA` and in logs.
     pub const fn name(self) -> &'static str {
@@ -89,7 +95,9 @@ impl Backend {
     /// worker on an AVX-512 machine reproduces the bytes of an AVX2-only dllama build.
     #[cfg(feature = "std")]
     pub fn detect() -> Backend {
-        let limit = std::env::var("AIRLLAMA_ISA").ok().and_then(|v| Isa::from_name(v.trim()));
+        let limit = std::env::var("AIRLLAMA_ISA")
+            .ok()
+            .and_then(|v| Isa::from_name(v.trim()));
         Backend::best(limit)
     }
 
@@ -137,7 +145,11 @@ fn is_supported(isa: Isa) -> bool {
     }
     #[cfg(not(feature = "std"))]
     {
-        let avx2 = cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
+        let avx2 = cfg!(all(
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ));
         match isa {
             Isa::Scalar => true,
             Isa::Avx2 => avx2,

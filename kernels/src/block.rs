@@ -93,7 +93,11 @@ impl FloatType {
                 if !n.is_multiple_of(BLOCK_SIZE as u64) {
                     return None;
                 }
-                let per = if matches!(self, FloatType::Q40) { 18 } else { 34 };
+                let per = if matches!(self, FloatType::Q40) {
+                    18
+                } else {
+                    34
+                };
                 (n / BLOCK_SIZE as u64).checked_mul(per)
             }
         }
