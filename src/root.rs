@@ -58,12 +58,13 @@ pub struct RootOptions {
 }
 
 /// Why the root could not start or a forward failed. Each variant names the file, the worker
-/// or the value at fault.
+/// or the value at fault; the underlying error is its [`std::error::Error::source`] (print the
+/// chain, e.g. anyhow's `{:#}`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RootError {
     /// The model file cannot be opened or its size read.
-    #[error("cannot open model file {path}: {source}")]
+    #[error("cannot open model file {path}")]
     OpenModel {
         /// The file.
         path: PathBuf,
@@ -71,7 +72,7 @@ pub enum RootError {
         source: std::io::Error,
     },
     /// The model header is unreadable or invalid.
-    #[error("model file {path}: {source}")]
+    #[error("model file {path}")]
     ModelHeader {
         /// The file.
         path: PathBuf,
@@ -79,7 +80,7 @@ pub enum RootError {
         source: ReadModelHeaderError,
     },
     /// The tensors the header implies do not fit the file.
-    #[error("model file {path}: {source}")]
+    #[error("model file {path}: the tensors do not fit the file")]
     Layout {
         /// The file.
         path: PathBuf,
@@ -87,7 +88,7 @@ pub enum RootError {
         source: LayoutError,
     },
     /// The model cannot be split over this many nodes with these flags.
-    #[error("model file {path} on {n_nodes} node(s): {source}")]
+    #[error("model file {path} cannot run on {n_nodes} node(s)")]
     Graph {
         /// The file.
         path: PathBuf,
@@ -97,7 +98,7 @@ pub enum RootError {
         source: GraphError,
     },
     /// The weights cannot be planned over the nodes.
-    #[error("model file {path}: {source}")]
+    #[error("model file {path}: the weights cannot be distributed")]
     WeightPlan {
         /// The file.
         path: PathBuf,
@@ -105,7 +106,7 @@ pub enum RootError {
         source: WeightPlanError,
     },
     /// Reading weights from the model file failed.
-    #[error("cannot read model file {path} at byte {offset}: {source}")]
+    #[error("cannot read model file {path} at byte {offset}")]
     ReadModel {
         /// The file.
         path: PathBuf,
@@ -118,7 +119,7 @@ pub enum RootError {
     #[error("{0} workers: dllama's protocol allows 1..={max}", max = airllama_net::limits::MAX_WORKERS)]
     TooManyWorkers(usize),
     /// Connecting to or greeting the workers failed.
-    #[error("connecting to the workers ({workers}): {source}")]
+    #[error("connecting to the workers ({workers})")]
     Connect {
         /// The `--workers` list.
         workers: String,
@@ -126,7 +127,7 @@ pub enum RootError {
         source: NetError,
     },
     /// Talking to one worker failed.
-    #[error("worker {address} (node {node}) while {what}: {source}")]
+    #[error("worker {address} (node {node}) while {what}")]
     Worker {
         /// `host:port`.
         address: String,
@@ -138,7 +139,7 @@ pub enum RootError {
         source: NetError,
     },
     /// The network as a whole failed (control packets, turbo switch).
-    #[error("network ({workers}) while {what}: {source}")]
+    #[error("network ({workers}) while {what}")]
     Network {
         /// The `--workers` list.
         workers: String,
@@ -148,7 +149,7 @@ pub enum RootError {
         source: NetError,
     },
     /// The root's own graph could not be built or run.
-    #[error("root node: {0}")]
+    #[error("root node")]
     Executor(#[from] ExecutorError),
     /// A forward was asked with a batch, position or token the graph cannot take.
     #[error("forward at position {position} with {batch} token(s): {what}")]

@@ -29,12 +29,24 @@ fn open_err(options: &RootOptions) -> RootError {
     Root::open(options, &mut |_| {}).expect_err("must fail")
 }
 
+/// The error and its sources, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[test]
 fn a_missing_model_file_is_named() {
     let path = PathBuf::from("/nonexistent/model.m");
     let e = open_err(&options(path, Vec::new()));
     assert!(matches!(e, RootError::OpenModel { .. }), "{e:?}");
-    assert!(e.to_string().contains("/nonexistent/model.m"), "{e}");
+    assert!(chain(&e).contains("/nonexistent/model.m"), "{e}");
 }
 
 #[test]
@@ -42,7 +54,7 @@ fn a_file_that_is_not_a_model_is_named() {
     let path = golden("llama-q40").join("tokenizer.t");
     let e = open_err(&options(path.clone(), Vec::new()));
     assert!(matches!(e, RootError::ModelHeader { .. }), "{e:?}");
-    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert!(chain(&e).contains(&path.display().to_string()), "{e}");
 }
 
 #[test]
@@ -54,7 +66,7 @@ fn a_truncated_model_is_refused_before_anything_is_sent() {
     std::fs::write(&path, &original[..original.len() - 100]).unwrap();
     let e = open_err(&options(path.clone(), Vec::new()));
     assert!(matches!(e, RootError::Layout { .. }), "{e:?}");
-    assert!(e.to_string().contains("truncated.m"), "{e}");
+    assert!(chain(&e).contains("truncated.m"), "{e}");
 }
 
 #[test]
@@ -71,7 +83,7 @@ fn an_unreachable_worker_is_named() {
     }];
     let e = open_err(&options(golden("llama-q40").join("model.m"), workers));
     assert!(matches!(e, RootError::Connect { .. }), "{e:?}");
-    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(chain(&e).contains(&format!("127.0.0.1:{port}")), "{e}");
 }
 
 #[test]
@@ -86,7 +98,7 @@ fn a_worker_that_hangs_up_is_named() {
     }];
     let e = open_err(&options(golden("llama-q40").join("model.m"), workers));
     t.join().unwrap();
-    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(chain(&e).contains(&format!("127.0.0.1:{port}")), "{e}");
 }
 
 #[test]
@@ -100,7 +112,7 @@ fn more_nodes_than_kv_heads_is_refused_with_the_counts() {
         .collect();
     let e = open_err(&options(golden("llama-q40").join("model.m"), workers));
     assert!(matches!(e, RootError::Graph { n_nodes: 7, .. }), "{e:?}");
-    assert!(e.to_string().contains("7 nodes"), "{e}");
+    assert!(chain(&e).contains("7 nodes"), "{e}");
 }
 
 #[test]
@@ -109,7 +121,7 @@ fn q40_weights_need_q80_buffers() {
     o.sync_type = SyncFloatType::F32;
     let e = open_err(&o);
     assert!(matches!(e, RootError::Graph { .. }), "{e:?}");
-    assert!(e.to_string().contains("q80"), "{e}");
+    assert!(chain(&e).contains("q80"), "{e}");
 }
 
 #[test]
@@ -118,11 +130,11 @@ fn forwards_outside_the_graph_are_refused() {
     let mut root = Root::open(&o, &mut |_| {}).unwrap();
     let too_many = vec![1u32; 33];
     let e = root.forward(0, &too_many).unwrap_err();
-    assert!(e.to_string().contains("1..=32"), "{e}");
+    assert!(chain(&e).contains("1..=32"), "{e}");
     let e = root.forward(256, &[1]).unwrap_err();
-    assert!(e.to_string().contains("context length 256"), "{e}");
+    assert!(chain(&e).contains("context length 256"), "{e}");
     let e = root.forward(0, &[288]).unwrap_err();
-    assert!(e.to_string().contains("token 288"), "{e}");
+    assert!(chain(&e).contains("token 288"), "{e}");
     root.forward(0, &[1]).unwrap();
     assert_eq!(root.logits_mut().unwrap().len(), 288);
 }
