@@ -163,29 +163,35 @@ impl Unit {
 }
 
 /// Groups ops (in step order, each with its layer and the file range of its weight) into
-/// units: a new unit starts when the layer changes, or when an op's bytes lie apart from the
-/// unit's (reading the gap would waste more than 64 KiB).
+/// units: a new unit starts when the layer changes. A unit whose ops lie apart in the file
+/// (its covering range exceeds their bytes by more than 64 KiB, so reading it whole would waste
+/// the gaps) is split into one unit per op.
 pub fn group_units(ops: &[(usize, u32, Range<u64>)]) -> Vec<Unit> {
-    let mut units: Vec<Unit> = Vec::new();
+    let mut groups: Vec<Vec<(usize, Range<u64>)>> = Vec::new();
     let mut last_layer = None;
     for (op, layer, range) in ops {
-        if let (Some(unit), Some(l)) = (units.last_mut(), last_layer)
-            && l == *layer
-        {
-            let merged = unit.range.start.min(range.start)..unit.range.end.max(range.end);
-            let payload: u64 = unit.ops.iter().map(|(_, r)| r.end - r.start).sum::<u64>()
-                + (range.end - range.start);
-            if merged.end - merged.start <= payload + (64 << 10) {
-                unit.ops.push((*op, range.clone()));
-                unit.range = merged;
-                continue;
-            }
+        match groups.last_mut() {
+            Some(group) if last_layer == Some(*layer) => group.push((*op, range.clone())),
+            _ => groups.push(vec![(*op, range.clone())]),
         }
-        units.push(Unit {
-            ops: vec![(*op, range.clone())],
-            range: range.clone(),
-        });
         last_layer = Some(*layer);
+    }
+    let mut units = Vec::new();
+    for group in groups {
+        let start = group.iter().map(|(_, r)| r.start).min().unwrap_or(0);
+        let end = group.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+        let payload: u64 = group.iter().map(|(_, r)| r.end - r.start).sum();
+        if end - start <= payload + (64 << 10) {
+            units.push(Unit {
+                ops: group,
+                range: start..end,
+            });
+        } else {
+            units.extend(group.into_iter().map(|(op, r)| Unit {
+                ops: vec![(op, r.clone())],
+                range: r,
+            }));
+        }
     }
     units
 }
@@ -869,19 +875,25 @@ mod tests {
         let ops = vec![
             (0, 0, 0..100),
             (1, 0, 100..300),
-            (2, 1, 300..400),
-            (3, 1, 400..500),
-            // Same layer, but far away in the file: its own unit.
-            (4, 1, 1_000_000..1_000_100),
+            // Op order differs from file order inside a layer (norms are stored last).
+            (2, 1, 450..500),
+            (3, 1, 300..400),
+            (4, 1, 400..450),
             // Final ops carry layer 0 again but follow layer 1: a new unit.
-            (5, 0, 1_000_100..1_000_200),
+            (5, 0, 500..600),
+            // Same layer, but far away in the file: split into one unit per op.
+            (6, 2, 1_000_000..1_000_100),
+            (7, 2, 600..700),
         ];
         let units = group_units(&ops);
         let shape: Vec<Vec<usize>> = units
             .iter()
             .map(|u| u.ops.iter().map(|(o, _)| *o).collect())
             .collect();
-        assert_eq!(shape, vec![vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+        assert_eq!(
+            shape,
+            vec![vec![0, 1], vec![2, 3, 4], vec![5], vec![6], vec![7]]
+        );
         assert_eq!(units[1].range, 300..500);
     }
 }

@@ -1,0 +1,261 @@
+//! Layer streaming benchmark: a synthetic Q40 llama (Llama-2-7B shape, about 4.2 GB, written by
+//! airllama's own generator, never committed) decoded under `--mem-budget` (512M by default):
+//!
+//! - `disk`: the disk's `O_DIRECT` sequential bandwidth, io_uring, 4 MiB blocks, QD 4/8/16;
+//! - `stream`: layer streaming with prefetch (reads of the next layers overlap the compute);
+//! - `serial`: read-then-compute (each layer read when its first op needs it);
+//! - `mmap`: a plain mmap loader held to the same budget (each layer's pages released from the
+//!   process and the page cache after use, as a cgroup limit would evict them).
+//!
+//! Every mode runs in its own child process (so peak RSS is per mode) with the file dropped
+//! from the page cache first; the whole set is repeated back to back, since the disk's speed
+//! varies. Not a criterion bench: one decode is seconds long. Run with
+//! `cargo bench -p airllama-benches --bench stream`; environment: `AIRLLAMA_STREAM_DIR` (where
+//! the model is written; default the target tmp dir), `AIRLLAMA_STREAM_BUDGET` (512M),
+//! `AIRLLAMA_STREAM_TOKENS` (decode steps, 6), `AIRLLAMA_STREAM_REPEATS` (2),
+//! `AIRLLAMA_STREAM_THREADS` (2), `AIRLLAMA_STREAM_LAYERS` (32), `AIRLLAMA_STREAM_KEEP=1` to
+//! keep the model file afterwards.
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use airllama::executor::{Executor, ExecutorOptions, NoSync, WeightFeed};
+use airllama::graph::{GraphParams, LlmGraph, SyncFloatType, WeightPlan};
+use airllama::streaming::synthetic::{LlamaShape, write_model};
+use airllama::streaming::{MapMode, ModelStreaming, StreamingOptions, parse_size};
+use airllama_io::layout::ModelLayout;
+use airllama_io::model::ModelHeader;
+use airllama_io::stream::{drop_cache, sequential_read};
+use airllama_kernels::backend::Backend;
+use airllama_kernels::block::FloatType;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn shape() -> LlamaShape {
+    let mut s = LlamaShape::LLAMA2_7B;
+    s.seq_len = 128;
+    s.n_layers = env_or("AIRLLAMA_STREAM_LAYERS", "32")
+        .parse()
+        .expect("layers");
+    s
+}
+
+fn model_path() -> PathBuf {
+    let dir = PathBuf::from(env_or("AIRLLAMA_STREAM_DIR", env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&dir).expect("model dir");
+    dir.join(format!("stream-bench-{}l.m", shape().n_layers))
+}
+
+/// `(name, value)` lines of /proc/self/status and /proc/self/io, in bytes.
+fn proc_value(file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with(key)) else {
+        return 0;
+    };
+    let v: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if line.ends_with("kB") { v * 1024 } else { v }
+}
+
+fn child(mode: &str) {
+    let path = model_path();
+    let budget = parse_size(&env_or("AIRLLAMA_STREAM_BUDGET", "512M")).expect("budget");
+    let tokens: u32 = env_or("AIRLLAMA_STREAM_TOKENS", "6")
+        .parse()
+        .expect("tokens");
+    let threads: usize = env_or("AIRLLAMA_STREAM_THREADS", "2")
+        .parse()
+        .expect("threads");
+    let file = File::open(&path).expect("model");
+    let file_len = file.metadata().expect("metadata").len();
+    let header = ModelHeader::read_from(&mut std::io::BufReader::new(&file)).expect("header");
+    let layout = ModelLayout::new(&header, file_len).expect("layout");
+    let graph =
+        LlmGraph::build(&header, GraphParams::dllama(1, SyncFloatType::Q80, 0)).expect("graph");
+    let plan = WeightPlan::new(&graph, &layout).expect("plan");
+    let node = &graph.nodes[0];
+    let mut options = StreamingOptions::new(budget);
+    options.overlap = mode != "serial";
+    let map = if mode == "mmap" {
+        MapMode::Released
+    } else {
+        MapMode::Off
+    };
+    let mut s = ModelStreaming::plan(&path, node, &plan, &options, map).expect("streaming plan");
+    let exec_options = ExecutorOptions::new(Backend::detect(), threads);
+    let mut exec = Executor::with_streamed_weights(
+        &graph.net,
+        node,
+        &exec_options,
+        &s.streamer.streamed_ops(),
+    )
+    .expect("executor");
+    for load in plan.node_loads(0) {
+        if !s.is_resident(node, &load.target) {
+            continue;
+        }
+        let dst = exec.weight_mut(&load.target).expect("weight");
+        let mut at = 0;
+        for r in load.bytes.ranges() {
+            let n = (r.end - r.start) as usize;
+            file.read_exact_at(&mut dst[at..at + n], r.start)
+                .expect("read");
+            at += n;
+        }
+    }
+    drop_cache(&file, 0..file_len).expect("drop cache");
+    let weights: u64 = node.ops().map(|(_, _, op)| op.weight_size.n_bytes()).sum();
+    let buffers = node.required_memory(&graph.net) - weights;
+    let token_pipe = graph.pipes.token as usize;
+    let (mut wall, mut bytes, mut read_time, mut wait) =
+        (Duration::ZERO, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut io_before = 0;
+    // Position 0 is a warm-up (first touches of buffers and the map); positions 1.. are timed.
+    for position in 0..=tokens {
+        let ids: &mut [f32] =
+            bytemuck::cast_slice_mut(exec.pipe_mut(token_pipe).expect("token pipe"));
+        ids[0] = ((position * 7919) % 32000) as f32;
+        let started = Instant::now();
+        s.streamer.begin_forward().expect("begin");
+        exec.forward_with(
+            position,
+            1,
+            &mut NoSync,
+            Some(&mut s.streamer as &mut dyn WeightFeed),
+        )
+        .expect("forward");
+        let st = s.streamer.end_forward();
+        if position == 0 {
+            io_before = proc_value("/proc/self/io", "read_bytes:");
+        } else {
+            wall += started.elapsed();
+            bytes += st.bytes_read;
+            read_time += st.read_time;
+            wait += st.io_wait;
+        }
+    }
+    let disk_bytes = proc_value("/proc/self/io", "read_bytes:") - io_before;
+    let p = s.streamer.plan();
+    let reader = s.streamer.reader();
+    println!(
+        "RESULT mode={mode} tokens={tokens} wall_s={:.4} tok_s={:.4} stream_bytes={bytes} disk_bytes={disk_bytes} read_s={:.4} wait_s={:.4} compute_s={:.4} slots={} slot_mb={:.1} resident_mb={:.1} streamed_units={} hwm_mb={:.1} buffers_mb={:.1} engine={} direct={}",
+        wall.as_secs_f64(),
+        tokens as f64 / wall.as_secs_f64(),
+        read_time.as_secs_f64(),
+        wait.as_secs_f64(),
+        (wall - wait).as_secs_f64(),
+        p.n_slots,
+        p.slot_size as f64 / 1048576.0,
+        p.resident_bytes as f64 / 1048576.0,
+        s.streamer.n_streamed_units(),
+        proc_value("/proc/self/status", "VmHWM:") as f64 / 1048576.0,
+        buffers as f64 / 1048576.0,
+        reader.map_or("mmap", |r| r.engine_name()),
+        reader.is_some_and(|r| r.is_direct()),
+    );
+}
+
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn run_child(mode: &str) -> String {
+    let exe = std::env::current_exe().expect("exe");
+    let out = Command::new(exe)
+        .env("AIRLLAMA_STREAM_CHILD", mode)
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{mode} child failed: {}\n{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string();
+    println!("{line}");
+    line
+}
+
+fn disk_bandwidth(path: &Path) -> f64 {
+    let mut best = 0f64;
+    for depth in [4, 8, 16] {
+        let file = File::open(path).expect("model");
+        drop_cache(&file, 0..file.metadata().expect("meta").len()).expect("drop cache");
+        let (bytes, t) =
+            sequential_read(path, 4 << 20, depth, Duration::from_secs(3), true).expect("disk");
+        let bw = bytes as f64 / t.as_secs_f64() / 1e9;
+        println!(
+            "DISK qd={depth} bytes={bytes} s={:.3} GB/s={bw:.3}",
+            t.as_secs_f64()
+        );
+        best = best.max(bw);
+    }
+    best
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("AIRLLAMA_STREAM_CHILD") {
+        child(&mode);
+        return;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` would run this as a test: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("stream bench: run with `cargo bench --bench stream`");
+        return;
+    }
+    let path = model_path();
+    let shape = shape();
+    let params = shape.params(FloatType::Q40);
+    if !path.exists() {
+        let started = Instant::now();
+        let size = write_model(&path, &params, 1).expect("generate model");
+        println!(
+            "generated {} ({size} bytes) in {:.1}s",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let repeats: usize = env_or("AIRLLAMA_STREAM_REPEATS", "2")
+        .parse()
+        .expect("repeats");
+    for rep in 0..repeats {
+        println!("--- repeat {rep}");
+        let disk = disk_bandwidth(&path);
+        let stream = run_child("stream");
+        let serial = run_child("serial");
+        let mmap = run_child("mmap");
+        let disk_after = disk_bandwidth(&path);
+        let disk = (disk + disk_after) / 2.0;
+        let bw = |l: &str| field(l, "disk_bytes") / field(l, "wall_s") / 1e9;
+        println!(
+            "SUMMARY rep={rep} disk_GBps={disk:.3} stream_tok_s={:.3} stream_GBps={:.3} ({:.0}% of disk) serial_tok_s={:.3} mmap_tok_s={:.3} mmap_GBps={:.3} stream/mmap={:.2}x stream/serial={:.2}x stream_hwm_MB={:.0}",
+            field(&stream, "tok_s"),
+            bw(&stream),
+            100.0 * bw(&stream) / disk,
+            field(&serial, "tok_s"),
+            field(&mmap, "tok_s"),
+            bw(&mmap),
+            field(&stream, "tok_s") / field(&mmap, "tok_s"),
+            field(&stream, "tok_s") / field(&serial, "tok_s"),
+            field(&stream, "hwm_mb"),
+        );
+    }
+    if std::env::var("AIRLLAMA_STREAM_KEEP").as_deref() != Ok("1") {
+        let _ = std::fs::remove_file(&path);
+    }
+}
