@@ -294,7 +294,7 @@ fn backend_for(scenario: &str) -> Option<Backend> {
 /// received, and the root's sampled tokens.
 type Replayed = (Golden, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u32>);
 
-fn replay_recorded(scenario: &str, feed: Feed) -> Option<Replayed> {
+fn replay_recorded(scenario: &str, feed: Feed, threads: usize) -> Option<Replayed> {
     let backend = backend_for(scenario)?;
     let g = load(scenario);
     let listeners: Vec<TcpListener> = (0..g.n_workers)
@@ -320,7 +320,9 @@ fn replay_recorded(scenario: &str, feed: Feed) -> Option<Replayed> {
             recorded_worker(l, reply)
         })
         .collect();
-    let root = Root::open(&options(&g, workers, backend), &mut |_| {}).expect("root opens");
+    let mut root_options = options(&g, workers, backend);
+    root_options.n_threads = threads;
+    let root = Root::open(&root_options, &mut |_| {}).expect("root opens");
     let picks = run_root(&g, root, backend, feed);
     let got: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let expected: Vec<Vec<u8>> = (0..g.n_workers)
@@ -330,7 +332,13 @@ fn replay_recorded(scenario: &str, feed: Feed) -> Option<Replayed> {
 }
 
 fn recorded_case(scenario: &str) {
-    let Some((g, got, expected, picks)) = replay_recorded(scenario, Feed::Generate) else {
+    recorded_case_threads(scenario, 1);
+}
+
+/// [`recorded_case`] with the root running `threads` threads per op (the recordings' root ran
+/// one; the bytes must not depend on it).
+fn recorded_case_threads(scenario: &str, threads: usize) {
+    let Some((g, got, expected, picks)) = replay_recorded(scenario, Feed::Generate, threads) else {
         return;
     };
     let n = g.n_prompt_tokens;
@@ -383,7 +391,7 @@ fn recorded_case(scenario: &str) {
         n - 1
     );
     // With dllama's token at that position the whole session is byte-identical.
-    let (g, got, expected, picks) = replay_recorded(scenario, Feed::Dllama).unwrap();
+    let (g, got, expected, picks) = replay_recorded(scenario, Feed::Dllama, threads).unwrap();
     for w in 0..g.n_workers {
         if let Some(at) = first_difference(&got[w], &expected[w]) {
             panic!(
@@ -487,6 +495,21 @@ cases! {
     qwen3moe_q40_2nodes, qwen3moe_q40_2nodes_real: "qwen3moe-q40/2nodes";
     qwen3moe_q40_3nodes, qwen3moe_q40_3nodes_real: "qwen3moe-q40/3nodes";
     qwen3moe_q40_2nodes_long, qwen3moe_q40_2nodes_long_real: "qwen3moe-q40/2nodes-long";
+}
+
+#[test]
+fn llama_q40_3nodes_root_2_threads() {
+    recorded_case_threads("llama-q40/3nodes", 2);
+}
+
+#[test]
+fn qwen3moe_q40_2nodes_long_root_2_threads() {
+    recorded_case_threads("qwen3moe-q40/2nodes-long", 2);
+}
+
+#[test]
+fn llama_f32_3nodes_root_2_threads() {
+    recorded_case_threads("llama-f32/3nodes", 2);
 }
 
 /// The CLI end to end: `airllama inference` with the recorded root command's flags against
