@@ -18,7 +18,7 @@
 //!   feature these call the platform libm through `std` (glibc on `*-linux-gnu`, the very
 //!   functions dllama calls, including glibc's own run-time FMA selection), which is exact by
 //!   construction. Without `std` there is no libm to match, so the ops that need them
-//!   ([`crate::ops::gelu`], [`crate::ops::RopeCache`] filling) are only compiled with `std`.
+//!   ([`crate::ops::gelu`] and `crate::ops::fill_rope_cache`) are only compiled with `std`.
 
 /// Correctly rounded square root of an `f32`, computed with integer arithmetic.
 ///
