@@ -120,6 +120,9 @@ enum Case {
         x: Vec<f32>,
         m: Vec<Q80Block>,
     },
+    HeapSort {
+        x: Vec<f32>,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -408,6 +411,11 @@ fn cases() -> Vec<Case> {
             });
         }
     }
+    for n in [1, 2, 5, 16, 17, 64, 129] {
+        let distinct = 1 + r.below(4);
+        let x = (0..n).map(|_| r.below(distinct) as f32).collect();
+        out.push(Case::HeapSort { x });
+    }
     out
 }
 
@@ -542,6 +550,11 @@ fn encode_cases(cases: &[Case]) -> Vec<u8> {
                 put_u32(&mut b, x.len() as u32);
                 put_u32(&mut b, *k);
                 put_u32(&mut b, u32::from(*norm));
+                put_f32s(&mut b, x);
+            }
+            Case::HeapSort { x } => {
+                put_u32(&mut b, 13);
+                put_u32(&mut b, x.len() as u32);
                 put_f32s(&mut b, x);
             }
             Case::MulQ80 { n_threads, x, m } => {
@@ -719,6 +732,11 @@ fn run(backend: Backend, case: &Case) -> Vec<f32> {
                 ops::gelu(backend, &mut y[r]);
             }
             y
+        }
+        Case::HeapSort { x } => {
+            let mut items: Vec<u32> = (0..x.len() as u32).collect();
+            ops::moe::heap_sort_desc_indices(x, &mut items);
+            items.iter().map(|&i| i as f32).collect()
         }
         Case::MoeGate { k, norm, x } => {
             let k = *k as usize;

@@ -98,6 +98,18 @@ pub fn sort_desc_indices(x: &[f32], items: &mut [u32]) {
     s.final_insertion_sort(0, n);
 }
 
+/// libstdc++'s `std::partial_sort(items, items + n, items + n, comp)` with the comparator of
+/// [`sort_desc_indices`]: the heapsort that introsort falls back to at its depth limit. Exposed
+/// so that its order of equal scores can be checked against libstdc++ directly (the fallback is
+/// hard to reach through `std::sort` with tied scores).
+///
+/// # Panics
+/// If an item is not a valid index into `x`.
+pub fn heap_sort_desc_indices(x: &[f32], items: &mut [u32]) {
+    let n = items.len();
+    Sorter { x, v: items }.heap_sort(0, n);
+}
+
 const THRESHOLD: usize = 16;
 
 struct Sorter<'a> {
