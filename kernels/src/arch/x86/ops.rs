@@ -34,7 +34,7 @@ fn fma_f64(a: f64, b: f64, c: f64) -> f64 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn expf(x: f32) -> f32 {
-    // SAFETY (of the closure's call): this function is only entered with FMA available.
+    // The closure inherits this function's target features, so `fma_f64` is callable.
     math::expf_x86_fma(x, |a, b, c| fma_f64(a, b, c))
 }
 
@@ -54,7 +54,7 @@ fn store8(x: &mut [f32], v: __m256) {
     unsafe { _mm256_storeu_ps(x.as_mut_ptr(), v) }
 }
 
-/// The last `x.len() % 8` values... zero-padded to one vector.
+/// The last values of a row (fewer than 8), zero-padded to one vector.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn load_padded(x: &[f32]) -> __m256 {
