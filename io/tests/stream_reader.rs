@@ -293,3 +293,87 @@ proptest! {
         check_ranges(&mut reader, &data, &ranges);
     }
 }
+
+/// Run by `memlock_limit_too_low_is_a_clear_error` in a child process whose memlock limit is
+/// 64 KiB and which cannot override it (no CAP_IPC_LOCK); does nothing otherwise.
+#[test]
+fn memlock_child() {
+    if std::env::var("AIRLLAMA_MEMLOCK_CHILD").is_err() {
+        return;
+    }
+    let (path, _) = data_file("memlock.bin", 10_000);
+    let err =
+        StreamReader::open(&path, &options(EngineChoice::Auto, true, 4, 1 << 20)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StreamError::Memlock {
+                limit: Some(65536),
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    println!("MEMLOCK-CHILD-OK {msg}");
+}
+
+#[test]
+fn memlock_limit_too_low_is_a_clear_error() {
+    let tools = ["/usr/bin/prlimit", "/usr/bin/setpriv"];
+    if tools.iter().any(|t| !Path::new(t).exists()) {
+        eprintln!("skipped: prlimit/setpriv not installed");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(tools[0])
+        .args([
+            "--memlock=65536:65536",
+            tools[1],
+            "--bounding-set",
+            "-ipc_lock",
+        ])
+        .arg(&exe)
+        .args(["--exact", "memlock_child", "--nocapture"])
+        .env("AIRLLAMA_MEMLOCK_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !stdout.contains("MEMLOCK-CHILD") && stderr.contains("setpriv") {
+        // Not allowed to change the bounding set (not root): nothing to test here.
+        eprintln!("skipped: cannot drop CAP_IPC_LOCK: {stderr}");
+        return;
+    }
+    assert!(
+        out.status.success() && stdout.contains("MEMLOCK-CHILD-OK"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ulimit -l"), "{stdout}");
+}
+
+#[test]
+fn sequential_read_reports_what_it_read() {
+    let (path, _) = data_file("sequential.bin", 3 << 20);
+    let (bytes, time) = airllama_io::stream::sequential_read(
+        &path,
+        1 << 20,
+        2,
+        std::time::Duration::from_millis(50),
+        true,
+    )
+    .unwrap();
+    assert!(bytes >= 1 << 20 && bytes % (1 << 20) == 0, "{bytes}");
+    assert!(time >= std::time::Duration::from_millis(50));
+}
+
+#[test]
+fn mapped_files_read_and_release() {
+    let (path, data) = data_file("mapped.bin", 100_000);
+    let map = airllama_io::stream::MappedFile::open(&path).unwrap();
+    assert_eq!(map.bytes(), &data[..]);
+    map.release(4096..50_000).unwrap();
+    // Released pages fault back in with the same bytes.
+    assert_eq!(map.bytes(), &data[..]);
+    airllama_io::stream::drop_cache(&std::fs::File::open(&path).unwrap(), 0..100_000).unwrap();
+}

@@ -55,7 +55,7 @@ pub enum StreamError {
     },
     /// The ring could not be pinned in memory.
     #[error(
-        "cannot lock the {bytes}-byte read ring in memory ({source}); the RLIMIT_MEMLOCK limit is {}: raise it (`ulimit -l`, systemd LimitMEMLOCK=, /etc/security/limits.conf) or lower --mem-budget",
+        "cannot lock the {bytes}-byte read ring in memory: the RLIMIT_MEMLOCK limit is {}: raise it (`ulimit -l`, systemd LimitMEMLOCK=, /etc/security/limits.conf) or lower --mem-budget",
         limit.map_or("unlimited".to_string(), |l| format!("{l} bytes"))
     )]
     Memlock {
