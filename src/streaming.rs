@@ -132,6 +132,8 @@ pub struct StreamingOptions {
     pub overlap: bool,
     /// Where a worker spills weights it receives over the network.
     pub spill_dir: PathBuf,
+    /// Log each forward's streaming statistics (`--verbose`).
+    pub verbose: bool,
 }
 
 impl StreamingOptions {
@@ -143,6 +145,7 @@ impl StreamingOptions {
             engine: EngineChoice::Auto,
             overlap: true,
             spill_dir: std::env::temp_dir(),
+            verbose: false,
         }
     }
 }
@@ -275,6 +278,8 @@ pub fn plan_residency(
 /// What one forward's weight traffic cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {
+    /// Wall time of the forward (set by the caller that timed it; zero otherwise).
+    pub forward_time: Duration,
     /// Bytes read from disk (aligned ranges).
     pub bytes_read: u64,
     /// Units read.
@@ -283,6 +288,33 @@ pub struct StreamStats {
     pub read_time: Duration,
     /// Time the compute waited for reads.
     pub io_wait: Duration,
+}
+
+impl StreamStats {
+    /// Compute time: the forward's wall time minus the time it waited for reads.
+    pub fn compute_time(&self) -> Duration {
+        self.forward_time.saturating_sub(self.io_wait)
+    }
+}
+
+impl std::fmt::Display for StreamStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.read_time.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.bytes_read as f64 / secs / 1e6
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "streamed {} units, {} MB read in {} ms ({rate:.0} MB/s), compute {} ms, waited for I/O {} ms",
+            self.units_read,
+            self.bytes_read / 1_000_000,
+            self.read_time.as_millis(),
+            self.compute_time().as_millis(),
+            self.io_wait.as_millis()
+        )
+    }
 }
 
 /// Where an op's weight comes from during a forward.
@@ -339,6 +371,34 @@ impl WeightStreamer {
         &self.plan
     }
 
+    /// One line describing the plan and the reader (for logs).
+    pub fn describe(&self) -> String {
+        let p = &self.plan;
+        let reader = match &self.reader {
+            Some(r) => format!(
+                ", {} {} reads (alignment {} B){}",
+                r.engine_name(),
+                if r.is_direct() {
+                    "O_DIRECT"
+                } else {
+                    "buffered"
+                },
+                r.alignment().block(),
+                r.fallback_reason()
+                    .map(|w| format!("; io_uring not used: {w}"))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        format!(
+            "layer streaming: {} MB resident, {} units streamed through {} slot(s) of {} MB{reader}",
+            p.resident_bytes / 1_000_000,
+            self.streamed.len(),
+            p.n_slots,
+            p.slot_size / 1_000_000
+        )
+    }
+
     /// Units that stream each forward.
     pub fn n_streamed_units(&self) -> usize {
         self.streamed.len()
@@ -370,6 +430,7 @@ impl WeightStreamer {
         let _ = reader.poll();
         let r = reader.take_stats();
         StreamStats {
+            forward_time: Duration::ZERO,
             bytes_read: r.bytes_read,
             units_read: self.units_read,
             read_time: r.read_time,
@@ -813,8 +874,15 @@ impl SpillFile {
             units_read: 0,
             release_map: None,
             last_mapped_unit: None,
-            plan: self.residency,
+            plan: self.residency.clone(),
         })
+    }
+}
+
+impl Drop for SpillFile {
+    /// A session that ends before [`SpillFile::finish`] leaves no file behind.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
