@@ -4,7 +4,7 @@
 //! Q80 sync, so the rounding here decides synced bytes. Its `quantizeF32toQ80` has three bodies
 //! that round differently, and each ISA here mirrors the one its dllama build compiles:
 //!
-//! | [`Isa`](crate::backend::Isa) | dllama body | code of `v = x · (1/d)` |
+//! | `Isa` | dllama body | code of `v = x · (1/d)` |
 //! |---|---|---|
 //! | `Scalar` | generic C (`roundf`) | round half away from zero, exactly |
 //! | `Avx2`, `Avx512` | `__AVX2__` | round half to even (`vroundps`) |

@@ -2,7 +2,7 @@
 //!
 //! [`Executor::new`] takes the decoded [`NetConfig`] and [`NodeConfig`], allocates every pipe,
 //! buffer and op weight (zeroed, 64-byte aligned), binds each op to its kernel once (op code ×
-//! float types → a typed [`plan::Kernel`] with validated shapes and resolved row views) and
+//! float types → a typed `plan::Kernel` with validated shapes and resolved row views) and
 //! starts a persistent [`ThreadPool`]. [`Executor::forward`] then runs the segments in order:
 //! each op as one job on all threads (the pool's completion is dllama's per-step barrier), and
 //! after a segment's ops its pipe syncs through a [`Synchronizer`] (the network, in a worker).
