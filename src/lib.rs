@@ -2,12 +2,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_code)]
 
+pub mod chat_template;
 pub mod executor;
-pub mod worker;
-pub mod streaming;
 pub mod graph;
 pub mod replay;
-pub mod tokenizer;
-pub mod sampler;
-pub mod chat_template;
 pub mod root;
+pub mod sampler;
+pub mod streaming;
+pub mod tokenizer;
+pub mod worker;

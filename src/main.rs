@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "airllama", version, about = "Zero-copy LLM inference, drop-in for distributed-llama")]
+#[command(
+    name = "airllama",
+    version,
+    about = "Zero-copy LLM inference, drop-in for distributed-llama"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
