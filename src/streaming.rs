@@ -275,6 +275,15 @@ pub fn plan_residency(
     })
 }
 
+/// `bytes` for a log line: kB below 10 MB, MB above.
+fn size_text(bytes: u64) -> String {
+    if bytes < 10_000_000 {
+        format!("{:.1} kB", bytes as f64 / 1e3)
+    } else {
+        format!("{} MB", bytes / 1_000_000)
+    }
+}
+
 /// What one forward's weight traffic cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {
@@ -307,9 +316,9 @@ impl std::fmt::Display for StreamStats {
         };
         write!(
             f,
-            "streamed {} units, {} MB read in {} ms ({rate:.0} MB/s), compute {} ms, waited for I/O {} ms",
+            "streamed {} units, {} read in {} ms ({rate:.0} MB/s), compute {} ms, waited for I/O {} ms",
             self.units_read,
-            self.bytes_read / 1_000_000,
+            size_text(self.bytes_read),
             self.read_time.as_millis(),
             self.compute_time().as_millis(),
             self.io_wait.as_millis()
@@ -391,11 +400,11 @@ impl WeightStreamer {
             None => String::new(),
         };
         format!(
-            "layer streaming: {} MB resident, {} units streamed through {} slot(s) of {} MB{reader}",
-            p.resident_bytes / 1_000_000,
+            "layer streaming: {} resident, {} units streamed through {} slot(s) of {}{reader}",
+            size_text(p.resident_bytes),
             self.streamed.len(),
             p.n_slots,
-            p.slot_size / 1_000_000
+            size_text(p.slot_size)
         )
     }
 
