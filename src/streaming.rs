@@ -948,6 +948,89 @@ mod tests {
     }
 
     #[test]
+    fn spill_files_stream_back_what_was_written_and_never_outlive_their_use() {
+        use crate::graph::{GraphParams, LlmGraph, SyncFloatType};
+        let shape = synthetic::LlamaShape {
+            dim: 64,
+            hidden_dim: 128,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 64,
+            seq_len: 16,
+        };
+        let header = shape
+            .params(airllama_kernels::block::FloatType::Q40)
+            .to_header()
+            .unwrap();
+        let graph =
+            LlmGraph::build(&header, GraphParams::dllama(2, SyncFloatType::Q80, 0)).unwrap();
+        let node = &graph.nodes[1];
+        let dir = std::env::temp_dir().join(format!("airllama-spill-test-{}", std::process::id()));
+        let mut options = StreamingOptions::new(1);
+        options.spill_dir = dir.clone();
+        options.direct = false;
+        // A budget of one byte holds nothing.
+        assert!(matches!(
+            SpillFile::create(node, &options),
+            Err(StreamingError::BudgetTooSmall { .. })
+        ));
+        options.mem_budget = 1 << 30;
+        assert!(
+            SpillFile::create(node, &options).unwrap().is_none(),
+            "all fits"
+        );
+        let largest_layer: u64 = node
+            .ops()
+            .filter(|(_, _, op)| op.index == 1)
+            .map(|(_, _, op)| op.weight_size.n_bytes())
+            .sum();
+        options.mem_budget = largest_layer * 3 / 2 + 3 * SPILL_ALIGN;
+        // Dropped before `finish` (a session that failed while loading): no file is left.
+        let spill = SpillFile::create(node, &options).unwrap().unwrap();
+        let path = spill.path().to_path_buf();
+        assert!(path.exists());
+        drop(spill);
+        assert!(!path.exists());
+        // Written op by op, streamed back op by op.
+        let mut spill = SpillFile::create(node, &options).unwrap().unwrap();
+        assert_eq!(spill.plan().n_slots, 1);
+        let streamed: Vec<usize> = (0..spill.streamed_ops().len())
+            .filter(|op| spill.streamed_ops()[*op])
+            .collect();
+        let sizes: Vec<u64> = node
+            .ops()
+            .map(|(_, _, op)| op.weight_size.n_bytes())
+            .collect();
+        let fill = |op: usize, i: u64| (op as u64 * 31 + i * 7) as u8;
+        for &op in &streamed {
+            let data: Vec<u8> = (0..sizes[op]).map(|i| fill(op, i)).collect();
+            // In two records, as a root sends MoE experts at their offsets.
+            let half = data.len() / 2;
+            spill.write(op, half as u64, &data[half..]).unwrap();
+            spill.write(op, 0, &data[..half]).unwrap();
+        }
+        assert!(spill.write(streamed[0], sizes[streamed[0]], &[1]).is_err());
+        let path = spill.path().to_path_buf();
+        let mut streamer = spill.finish(&options).unwrap();
+        assert!(!path.exists(), "unlinked once open");
+        for _ in 0..2 {
+            streamer.begin_forward().unwrap();
+            for &op in &streamed {
+                let got = streamer.weight(op).unwrap();
+                assert!(
+                    got.iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == fill(op, i as u64))
+                );
+            }
+            let stats = streamer.end_forward();
+            assert_eq!(stats.units_read, streamer.n_streamed_units() as u64);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
     fn units_follow_layers_and_adjacency() {
         let ops = vec![
             (0, 0, 0..100),
