@@ -24,59 +24,9 @@ use crate::codec::{Reader, put_f32, put_i32, put_string, put_u32, put_u64};
 use crate::error::DecodeError;
 use crate::limits::*;
 
-/// dllama's `NnFloatType` for a known type (`F_UNK` = -1 is [`Size3D::EMPTY`]'s `None`).
-/// Same codes as `airllama_kernels::block::FloatType`; convert with [`FloatType::code`]. The
-/// codec keeps its own copy so that it depends on nothing but `core` and `alloc`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum FloatType {
-    /// `F_32`: 32-bit IEEE floats.
-    F32 = 0,
-    /// `F_16`: 16-bit IEEE floats.
-    F16 = 1,
-    /// `F_Q40`: 18-byte blocks of 32 4-bit values.
-    Q40 = 2,
-    /// `F_Q80`: 34-byte blocks of 32 8-bit values.
-    Q80 = 3,
-}
-
-impl FloatType {
-    /// Decodes dllama's code (0..=3).
-    pub const fn from_code(code: u32) -> Option<FloatType> {
-        match code {
-            0 => Some(FloatType::F32),
-            1 => Some(FloatType::F16),
-            2 => Some(FloatType::Q40),
-            3 => Some(FloatType::Q80),
-            _ => None,
-        }
-    }
-
-    /// dllama's code.
-    pub const fn code(self) -> u32 {
-        self as u32
-    }
-
-    /// dllama's `getBytes(type, n)`; `None` when `n` is not a whole number of 32-value blocks
-    /// of a quantized type (dllama asserts) or the size overflows.
-    pub const fn bytes_for(self, n: u64) -> Option<u64> {
-        match self {
-            FloatType::F32 => n.checked_mul(4),
-            FloatType::F16 => n.checked_mul(2),
-            FloatType::Q40 | FloatType::Q80 => {
-                if !n.is_multiple_of(32) {
-                    return None;
-                }
-                let block = if matches!(self, FloatType::Q40) {
-                    18
-                } else {
-                    34
-                };
-                (n / 32).checked_mul(block)
-            }
-        }
-    }
-}
+/// dllama's `NnFloatType` for a known type (`F_UNK` = -1 is [`Size3D::EMPTY`]'s `None`): the
+/// kernels' type, so a size decoded from the wire picks a kernel without conversion.
+pub use airllama_kernels::block::FloatType;
 
 macro_rules! wire_enum {
     ($(#[$meta:meta])* $name:ident, $context:literal { $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+ }) => {

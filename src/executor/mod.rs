@@ -267,7 +267,6 @@ impl Executor {
         {
             let float_type = size
                 .float_type()
-                .and_then(plan::kernel_type)
                 .ok_or_else(|| ExecutorError::BadConfig(format!("{name} has no type")))?;
             let elements = match float_type {
                 FloatType::F32 => size.n_bytes() / 4,

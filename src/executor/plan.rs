@@ -52,11 +52,6 @@ impl View {
     }
 }
 
-/// The kernels' float type for the wire's (same codes).
-pub(crate) fn kernel_type(t: airllama_net::FloatType) -> Option<FloatType> {
-    FloatType::from_code(t.code())
-}
-
 /// Elements of the slot's storage type that hold `values` values.
 fn elements(float_type: FloatType, values: usize) -> Option<usize> {
     match float_type {
@@ -365,7 +360,7 @@ impl Binder<'_> {
         let input = self.resolve(op, &op.input, "input")?;
         let output = self.resolve(op, &op.output, "output")?;
         let (it, ot) = (input.float_type, output.float_type);
-        let wt = op.weight_size.float_type().and_then(kernel_type);
+        let wt = op.weight_size.float_type();
         let batches = self.net.n_batches as usize;
         let same_slot = input.slot == output.slot;
         let in_place = same_slot && input == output;

@@ -241,16 +241,6 @@ pub struct LlmGraph {
     pub pipes: LlmPipes,
 }
 
-/// The model's matmul weight type on the wire.
-fn wire_type(t: airllama_kernels::block::FloatType) -> FloatType {
-    match t {
-        airllama_kernels::block::FloatType::F32 => FloatType::F32,
-        airllama_kernels::block::FloatType::F16 => FloatType::F16,
-        airllama_kernels::block::FloatType::Q40 => FloatType::Q40,
-        airllama_kernels::block::FloatType::Q80 => FloatType::Q80,
-    }
-}
-
 fn wire_rope(t: ModelRopeType) -> RopeType {
     match t {
         ModelRopeType::Llama => RopeType::Llama,
@@ -475,7 +465,7 @@ impl LlmGraph {
                 what: "head_dim × heads (q_dim, kv_dim)",
             });
         }
-        let weight = wire_type(config.weight_type);
+        let weight = config.weight_type;
         let s = slices(&config, n, weight)?;
         let c = &config;
         let nb = params.n_batches;
@@ -554,7 +544,7 @@ fn build_node(
     let n = params.n_nodes;
     let sync = params.sync_type.float_type();
     let quantized_sync = params.sync_type != SyncFloatType::F32;
-    let weight = wire_type(c.weight_type);
+    let weight = c.weight_type;
     let f32 = FloatType::F32;
     let is_moe = c.arch == ArchType::Qwen3Moe;
     let qk_norm = c.arch.has_qk_norm();
