@@ -12,7 +12,7 @@ use airllama_io::model::{
     ArchType, HiddenAct, ModelHeader, ModelParams, RopeScaling, RopeType as ModelRopeType,
 };
 use airllama_kernels::block::FloatType as WeightType;
-use airllama_net::{FloatType, OpParams, PointerType, RopeType, SyncType};
+use airllama_net::{FloatType, OpParams, PointerType, RopeKind, SyncType};
 
 fn golden() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden")).to_path_buf()
@@ -295,7 +295,7 @@ fn llama31_rope_and_gelu_header() {
             .collect();
         assert_eq!(ropes.len(), 4);
         for r in ropes {
-            assert_eq!(r.rope_type, RopeType::Llama3_1);
+            assert_eq!(r.rope_type, RopeKind::Llama31);
             assert_eq!(
                 (
                     r.rope_scaling_factor,

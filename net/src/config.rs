@@ -132,17 +132,9 @@ wire_enum!(
     }
 );
 
-wire_enum!(
-    /// dllama's `NnRopeType`.
-    RopeType, "rope type" {
-        /// `ROPE_LLAMA`: interleaved pairs.
-        Llama = 0,
-        /// `ROPE_FALCON`: half-split pairs (Qwen3).
-        Falcon = 1,
-        /// `ROPE_LLAMA3_1`: llama with Llama 3.1 frequency scaling.
-        Llama3_1 = 2,
-    }
-);
+/// dllama's `NnRopeType`: the kernels' type, so a decoded ROPE op picks its kernel without
+/// conversion.
+pub use airllama_kernels::ops::RopeKind;
 
 /// dllama's `NnOpQuantType`: `<input>_<weight>_<output>` float types of an op, which picks its
 /// kernel. Not on the wire: derived from the op's pointers and weight ([`OpConfig::quant_type`]).
@@ -515,7 +507,7 @@ pub struct RopeSlice {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeConfig {
     /// Pairing scheme.
-    pub rope_type: RopeType,
+    pub rope_type: RopeKind,
     /// Query (true) or key (false) rotation (`isQ`, 0 or 1 on the wire).
     pub is_q: bool,
     /// Pipe with the positions (checked).
@@ -906,7 +898,7 @@ impl OpParams {
                 put_u32(out, c.active_expert_indexes_buffer_index);
             }
             OpParams::Rope(c) => {
-                put_u32(out, c.rope_type.to_wire());
+                put_u32(out, c.rope_type.code());
                 put_u32(out, u32::from(c.is_q));
                 put_u32(out, c.position_pipe_index);
                 put_u32(out, c.rope_cache_buffer_index);
@@ -970,7 +962,11 @@ impl OpParams {
 }
 
 fn decode_rope(r: &mut Reader<'_>, bounds: &Bounds<'_>) -> Result<RopeConfig, DecodeError> {
-    let rope_type = RopeType::read(r)?;
+    let code = r.u32("rope type")?;
+    let rope_type = RopeKind::from_code(code).ok_or(DecodeError::UnknownValue {
+        context: "rope type",
+        value: code.into(),
+    })?;
     let is_q = check_bool(r.u32("rope isQ")?, "rope isQ")?;
     let position_pipe_index = r.u32("rope positionPipeIndex")?;
     let rope_cache_buffer_index = r.u32("rope ropeCacheBufferIndex")?;
@@ -1019,7 +1015,7 @@ fn decode_rope(r: &mut Reader<'_>, bounds: &Bounds<'_>) -> Result<RopeConfig, De
         return inconsistent("rope theta");
     }
     let cache_columns = match rope_type {
-        RopeType::Llama | RopeType::Llama3_1 => {
+        RopeKind::Llama | RopeKind::Llama31 => {
             // The cache covers [kvDimStart, qDimEnd) of this node; dllama asserts this.
             if q_dim_end < kv_dim_start
                 || q_dim_end - kv_dim_start != slice_dim
@@ -1032,7 +1028,7 @@ fn decode_rope(r: &mut Reader<'_>, bounds: &Bounds<'_>) -> Result<RopeConfig, De
             }
             slice_dim
         }
-        RopeType::Falcon => head_dim,
+        RopeKind::Falcon => head_dim,
     };
     if Size3D::new_2d(FloatType::F32, seq_len, cache_columns) != Some(cache_size) {
         return inconsistent("rope cache size");

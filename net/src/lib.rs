@@ -45,7 +45,7 @@ pub use codec::{ACK, Reader};
 pub use config::{
     BufferConfig, EmptyConfig, FloatType, InvRmsConfig, MatmulConfig, MoeGateConfig,
     MultiHeadAttConfig, NetConfig, NodeConfig, OpCode, OpConfig, OpParams, OpQuantType, PipeConfig,
-    PointerConfig, PointerSource, PointerType, RmsNormConfig, RopeConfig, RopeSlice, RopeType,
+    PointerConfig, PointerSource, PointerType, RmsNormConfig, RopeConfig, RopeKind, RopeSlice,
     SegmentConfig, Size3D, SyncConfig, SyncType, WeightHeader, WeightTarget,
 };
 pub use error::DecodeError;

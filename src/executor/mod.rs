@@ -26,9 +26,9 @@ use std::sync::Mutex;
 
 use airllama_kernels::backend::Backend;
 use airllama_kernels::block::FloatType;
-use airllama_kernels::ops::{RopeKind, RopeScaling, RopeSlice, fill_rope_cache};
+use airllama_kernels::ops::{RopeScaling, RopeSlice, fill_rope_cache};
 use airllama_kernels::parallel::{MAX_THREADS, ThreadPool};
-use airllama_net::{NetConfig, NodeConfig, RopeType, SyncPlan, SyncStep, WeightTarget};
+use airllama_net::{NetConfig, NodeConfig, SyncPlan, SyncStep, WeightTarget};
 
 use memory::{Slab, view_mut};
 use plan::{Binder, OpPlan, SlotInfo};
@@ -377,11 +377,6 @@ impl Executor {
                 continue;
             }
             filled[*cache] = true;
-            let kind = match c.rope_type {
-                RopeType::Llama => RopeKind::Llama,
-                RopeType::Falcon => RopeKind::Falcon,
-                RopeType::Llama3_1 => RopeKind::Llama31,
-            };
             let s = &c.slice;
             let slice = RopeSlice {
                 q_dim0: s.q_dim0,
@@ -404,13 +399,13 @@ impl Executor {
                 orig_max_seq_len: c.rope_scaling_orig_max_seq_len,
             };
             let len = slice
-                .cache_len(kind)
+                .cache_len(c.rope_type)
                 .ok_or_else(|| bad_rope(op, "cache size overflows"))?;
             let all = view_mut::<f32>(self.slots[*cache].bytes_mut())?;
             let target = all
                 .get_mut(..len)
                 .ok_or_else(|| bad_rope(op, "cache buffer too small"))?;
-            fill_rope_cache(self.backend, kind, &slice, &scaling, target)
+            fill_rope_cache(self.backend, c.rope_type, &slice, &scaling, target)
                 .map_err(|e| bad_rope(op, &e.to_string()))?;
         }
         Ok(())

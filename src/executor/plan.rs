@@ -7,7 +7,7 @@
 //! every index into a cache or weight is bounded by the sizes in the config.
 use airllama_kernels::block::{BLOCK_SIZE, FloatType};
 use airllama_net::{
-    NetConfig, NodeConfig, OpConfig, OpParams, PointerConfig, PointerSource, PointerType, RopeType,
+    NetConfig, NodeConfig, OpConfig, OpParams, PointerConfig, PointerSource, PointerType, RopeKind,
     Size3D,
 };
 
@@ -579,7 +579,7 @@ impl Binder<'_> {
                     return Err(bad(op, "rope dimensions are inconsistent"));
                 }
                 self.f32_slot(op, positions, batches, "position pipe")?;
-                let falcon = c.rope_type == RopeType::Falcon;
+                let falcon = c.rope_type == RopeKind::Falcon;
                 let (shift, slice_dim) = if falcon {
                     if !dim0.is_multiple_of(head_dim) {
                         return Err(bad(op, "rope dimension is not whole heads"));

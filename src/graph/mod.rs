@@ -41,7 +41,7 @@ use airllama_io::model::{ArchType, ModelConfig, ModelHeader, RopeType as ModelRo
 use airllama_net::{
     BufferConfig, DecodeError, EmptyConfig, FloatType, InvRmsConfig, MatmulConfig, MoeGateConfig,
     MultiHeadAttConfig, NetConfig, NodeConfig, OpConfig, OpParams, PipeConfig, PointerConfig,
-    PointerSource, PointerType, RmsNormConfig, RopeConfig, RopeSlice, RopeType, SegmentConfig,
+    PointerSource, PointerType, RmsNormConfig, RopeConfig, RopeKind, RopeSlice, SegmentConfig,
     Size3D, SyncConfig, SyncType,
 };
 
@@ -241,11 +241,11 @@ pub struct LlmGraph {
     pub pipes: LlmPipes,
 }
 
-fn wire_rope(t: ModelRopeType) -> RopeType {
+fn wire_rope(t: ModelRopeType) -> RopeKind {
     match t {
-        ModelRopeType::Llama => RopeType::Llama,
-        ModelRopeType::Falcon => RopeType::Falcon,
-        ModelRopeType::Llama31 => RopeType::Llama3_1,
+        ModelRopeType::Llama => RopeKind::Llama,
+        ModelRopeType::Falcon => RopeKind::Falcon,
+        ModelRopeType::Llama31 => RopeKind::Llama31,
     }
 }
 
@@ -576,7 +576,7 @@ fn build_node(
         cache_size: Size3D::EMPTY,
     };
     rope_slice.cache_size = match rope_type {
-        RopeType::Llama | RopeType::Llama3_1 => {
+        RopeKind::Llama | RopeKind::Llama31 => {
             // q_d0 >= kv_d0 (q_dim >= kv_dim was checked) and node_index < n keep these in
             // range: q_dim_end <= q_dim.
             rope_slice.kv_dim_start = s.kv_d0 * node_index;
@@ -586,7 +586,7 @@ fn build_node(
             rope_slice.slice_dim = rope_slice.q_dim_end - rope_slice.kv_dim_start;
             size2(f32, c.seq_len, rope_slice.slice_dim, "rope cache")?
         }
-        RopeType::Falcon => size2(f32, c.seq_len, c.head_dim, "rope cache")?,
+        RopeKind::Falcon => size2(f32, c.seq_len, c.head_dim, "rope cache")?,
     };
 
     let mut b = Buffers::default();

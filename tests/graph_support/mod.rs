@@ -1,5 +1,5 @@
 //! Helpers shared by the graph builder tests.
-use airllama_net::{NodeConfig, OpParams, RopeType};
+use airllama_net::{NodeConfig, OpParams, RopeKind};
 
 /// Which bytes of an encoded node config dllama leaves uninitialised, found by re-encoding the
 /// config with those fields perturbed: (the 1-byte configs of ops whose C struct is empty, the
@@ -31,7 +31,7 @@ pub fn undefined_bytes(node: &NodeConfig) -> (Vec<usize>, Vec<usize>) {
                 _ => {}
             }
             if let OpParams::Rope(c) = &mut ro.params
-                && c.rope_type == RopeType::Falcon
+                && c.rope_type == RopeKind::Falcon
             {
                 let s = &mut c.slice;
                 for v in [
@@ -63,7 +63,7 @@ pub fn zero_undefined(node: &mut NodeConfig) {
                 | OpParams::Cast(c)
                 | OpParams::RepeatZ(c)
                 | OpParams::Softmax(c) => c.raw = c.raw.map(|_| 0),
-                OpParams::Rope(c) if c.rope_type == RopeType::Falcon => {
+                OpParams::Rope(c) if c.rope_type == RopeKind::Falcon => {
                     let s = &mut c.slice;
                     s.q_dim_start = 0;
                     s.q_dim_end = 0;

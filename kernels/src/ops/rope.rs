@@ -24,6 +24,11 @@ impl RopeKind {
             _ => None,
         }
     }
+
+    /// The integer code dllama uses (in model files and `NnRopeOpConfig`).
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
 }
 
 /// Why a [`RopeSlice`] cannot be built or a cache cannot be filled.
