@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+mod smollm2_support;
+
 fn golden(variant: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden")).join(variant)
 }
@@ -94,29 +96,10 @@ fn an_unknown_template_is_named() {
 
 #[test]
 fn smollm2_keeps_the_conversation_across_turns() {
-    let cache = std::env::var_os("AIRLLAMA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/models")));
-    let gguf = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        println!(
-            "SKIPPED: {} is absent (run scripts/fetch-smollm2.sh)",
-            gguf.display()
-        );
+    let Some(gguf) = smollm2_support::gguf() else {
         return;
-    }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("root_chat");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (model, tokenizer) = (dir.join("smollm2-q40.m"), dir.join("smollm2.t"));
-    let status = Command::new(env!("CARGO_BIN_EXE_airllama"))
-        .args(["convert", "gguf"])
-        .arg(&gguf)
-        .arg(&model)
-        .arg(&tokenizer)
-        .args(["--weights", "q40", "--quiet"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    };
+    let (model, tokenizer) = smollm2_support::convert(&gguf, "root_chat");
     let flags = [
         "--buffer-float-type",
         "q80",

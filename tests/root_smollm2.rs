@@ -19,44 +19,17 @@ use airllama::tokenizer::Tokenizer;
 use airllama_kernels::backend::Backend;
 use airllama_net::PeerAddress;
 
-const PROMPT: &str = "The capital of France is";
+mod smollm2_support;
 
-fn gguf() -> Option<PathBuf> {
-    let cache = std::env::var_os("AIRLLAMA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/models")));
-    let path = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        println!(
-            "SKIPPED: {} is absent (run scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-        None
-    }
-}
+const PROMPT: &str = "The capital of France is";
 
 /// Converts the GGUF once per test binary; returns (model, tokenizer).
 fn converted() -> Option<&'static (PathBuf, PathBuf)> {
     static FILES: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
     FILES
         .get_or_init(|| {
-            let gguf = gguf()?;
-            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("root_smollm2");
-            std::fs::create_dir_all(&dir).unwrap();
-            let model = dir.join("smollm2-q40.m");
-            let tokenizer = dir.join("smollm2.t");
-            let status = Command::new(env!("CARGO_BIN_EXE_airllama"))
-                .args(["convert", "gguf"])
-                .arg(&gguf)
-                .arg(&model)
-                .arg(&tokenizer)
-                .args(["--weights", "q40", "--quiet"])
-                .status()
-                .expect("run airllama convert");
-            assert!(status.success(), "airllama convert gguf failed");
-            Some((model, tokenizer))
+            let gguf = smollm2_support::gguf()?;
+            Some(smollm2_support::convert(&gguf, "root_smollm2"))
         })
         .as_ref()
 }
