@@ -154,6 +154,21 @@ fn run(
     failure.into_result(op)
 }
 
+/// [`run`] with each thread's job handed the part of `s` that thread claimed.
+fn run_parts<T: Send>(
+    pool: &mut ThreadPool,
+    inline: bool,
+    op: &OpPlan,
+    failure: Failure,
+    s: &SplitMut<'_, T>,
+    job: &(dyn Fn(Part<'_, T>, &Failure) + Sync),
+) -> Result<(), ExecutorError> {
+    run(pool, inline, op, failure, &|t, f| match s.claim(t) {
+        Ok(part) => job(part, f),
+        Err(_) => f.set("claim".into()),
+    })
+}
+
 fn split<'a, T>(
     op: &OpPlan,
     data: &'a mut [T],
@@ -181,10 +196,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let inp = inp.bytes();
             if q80 {
                 let inp = view::<Q80Block>(inp)?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    let Ok(mut part) = s.claim(t) else {
-                        return f.set("claim".into());
-                    };
+                run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                     let r = rel(&part, &o);
                     let blocks = r.start / BLOCK_SIZE..r.end / BLOCK_SIZE;
                     let per_slice = o.x / BLOCK_SIZE;
@@ -202,10 +214,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 })
             } else {
                 let inp = view::<f32>(inp)?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    let Ok(mut part) = s.claim(t) else {
-                        return f.set("claim".into());
-                    };
+                run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                     let r = rel(&part, &o);
                     for (y, row) in part.rows_mut(batch) {
                         let in_row = &inp[i.row(y)];
@@ -222,10 +231,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let out = view_mut::<f32>(out.bytes_mut())?;
             let inp = view::<f32>(inp.bytes())?;
             let s = split(op, out, columns(&o, batch, 1), n)?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                 let r = rel(&part, &o);
                 let mut rows: Vec<&[f32]> = Vec::with_capacity(i.z);
                 for (y, row) in part.rows_mut(batch) {
@@ -273,10 +279,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 len: o.len,
             };
             let s = split(op, out, geometry, n)?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                 for (y, row) in part.rows_mut(batch) {
                     let in_row = &inp[i.row(y)];
                     for c in 0..cols {
@@ -370,10 +373,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 columns(&o, batch, BLOCK_SIZE),
                 n,
             )?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                 let r = rel(&part, &o);
                 for (y, row) in part.rows_mut(batch) {
                     let in_row = &inp[i.row(y)];
@@ -444,10 +444,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 unit,
             };
             let s = split(op, view_mut::<f32>(x.bytes_mut())?, geometry, n)?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, f| {
                 let r = rel(&part, &o);
                 for (y, row) in part.rows_mut(batch) {
                     let Some(p) = position(pos, y, seq_len) else {
@@ -555,10 +552,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 columns(&o, rows, 1),
                 n,
             )?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                 for (r, row) in part.rows_mut(rows) {
                     if !active(&o, r, batch) {
                         continue;
@@ -664,10 +658,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                     columns(&o, rows, 1),
                     n,
                 )?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    let Ok(mut part) = s.claim(t) else {
-                        return f.set("claim".into());
-                    };
+                run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                     let r = rel(&part, &o);
                     for (row_index, row) in part.rows_mut(rows) {
                         if !active(&o, row_index, batch) {
@@ -703,10 +694,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 columns(&o, rows, BLOCK_SIZE),
                 n,
             )?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                 let r = rel(&part, &o);
                 for (row_index, row) in part.rows_mut(rows) {
                     if !active(&o, row_index, batch) {
@@ -747,10 +735,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
                 geometry,
                 n,
             )?;
-            run(ctx.pool, inline, op, failure, &|t, f| {
-                let Ok(mut part) = s.claim(t) else {
-                    return f.set("claim".into());
-                };
+            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
                 for (_, row) in part.rows_mut(batch) {
                     ops::softmax(backend, row);
                 }
@@ -885,10 +870,7 @@ fn matmul(
             n_in,
         ),
     };
-    run(pool, inline, op, failure, &|t, f| {
-        let Ok(mut part) = s.claim(t) else {
-            return f.set("claim".into());
-        };
+    run_parts(pool, inline, op, failure, &s, &|mut part, f| {
         let r = rel(&part, &o);
         if r.is_empty() {
             return;
