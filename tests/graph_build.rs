@@ -8,9 +8,7 @@ use airllama::graph::{
     check_dllama_root_limits,
 };
 use airllama_io::layout::ModelLayout;
-use airllama_io::model::{
-    ArchType, HiddenAct, ModelHeader, ModelParams, RopeScaling, RopeType as ModelRopeType,
-};
+use airllama_io::model::{ArchType, HiddenAct, ModelHeader, ModelParams, RopeScaling};
 use airllama_kernels::block::FloatType as WeightType;
 use airllama_net::{FloatType, OpParams, PointerType, RopeKind, SyncType};
 
@@ -280,7 +278,7 @@ fn llama31_rope_and_gelu_header() {
         low_freq_factor: 1,
         high_freq_factor: 4,
         orig_max_seq_len: 8192,
-        rope_type: ModelRopeType::Llama31,
+        rope_type: RopeKind::Llama31,
     });
     let header = params.to_header().unwrap();
     let graph = build(&header, 4, SyncFloatType::Q80).unwrap();

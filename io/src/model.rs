@@ -17,6 +17,10 @@ use std::io::{self, Read, Write};
 use airllama_kernels::block::FloatType;
 use thiserror::Error;
 
+/// The rotary embedding variant (dllama's `NnRopeType`): the kernels' type, which the graph
+/// hands on to the ROPE ops unchanged.
+pub use airllama_kernels::ops::RopeKind;
+
 /// The magic number of the current `.m` format.
 pub const MODEL_MAGIC: u32 = 0x0A00_ABCD;
 
@@ -72,7 +76,7 @@ pub enum HeaderKey {
     RopeScalingHighFreqFactor = 16,
     /// Llama 3.1 RoPE original context length (`ROPE_SCALING_ORIG_MAX_SEQ_LEN`, 17).
     RopeScalingOrigMaxSeqLen = 17,
-    /// A [`RopeType`] code (`ROPE_TYPE`, 18).
+    /// A [`RopeKind`] code (`ROPE_TYPE`, 18).
     RopeType = 18,
     /// Explicit head dimension; 0 or absent means `dim / n_heads` (`HEAD_DIM`, 19).
     HeadDim = 19,
@@ -239,47 +243,6 @@ impl HiddenAct {
     }
 }
 
-/// The rotary embedding variant (dllama's `NnRopeType`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RopeType {
-    /// Interleaved pairs (`ROPE_LLAMA` = 0), dllama's default.
-    Llama,
-    /// Half-split pairs (`ROPE_FALCON` = 1); forced for the Qwen3 architectures.
-    Falcon,
-    /// Llama with Llama 3.1 frequency scaling (`ROPE_LLAMA3_1` = 2).
-    Llama31,
-}
-
-impl RopeType {
-    /// Decodes dllama's code.
-    pub const fn from_code(code: i32) -> Option<RopeType> {
-        match code {
-            0 => Some(RopeType::Llama),
-            1 => Some(RopeType::Falcon),
-            2 => Some(RopeType::Llama31),
-            _ => None,
-        }
-    }
-
-    /// The code stored in the file and sent in ROPE op configs.
-    pub const fn code(self) -> i32 {
-        match self {
-            RopeType::Llama => 0,
-            RopeType::Falcon => 1,
-            RopeType::Llama31 => 2,
-        }
-    }
-
-    /// The name dllama prints.
-    pub const fn name(self) -> &'static str {
-        match self {
-            RopeType::Llama => "Llama",
-            RopeType::Falcon => "Falcon",
-            RopeType::Llama31 => "Llama3.1",
-        }
-    }
-}
-
 /// The RMS norm epsilon. The file stores an exponent code, and dllama accepts only two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NormEpsilon {
@@ -358,7 +321,7 @@ pub struct ModelConfig {
     /// `head_dim * n_kv_heads`.
     pub kv_dim: u32,
     /// RoPE variant (falcon for the Qwen3 architectures whatever the file says).
-    pub rope_type: RopeType,
+    pub rope_type: RopeKind,
     /// RoPE base (default 10000), an integer in the file.
     pub rope_theta: f32,
     /// Llama 3.1 scaling factor (default 1).
@@ -656,7 +619,7 @@ fn derive_config(pairs: &[(HeaderKey, i32)]) -> Result<ModelConfig, ModelHeaderE
         head_dim: 0,
         q_dim: 0,
         kv_dim: 0,
-        rope_type: RopeType::Llama,
+        rope_type: RopeKind::Llama,
         rope_theta: 10000.0,
         rope_scaling_factor: 1.0,
         rope_scaling_low_freq_factor: 0.0,
@@ -698,7 +661,12 @@ fn derive_config(pairs: &[(HeaderKey, i32)]) -> Result<ModelConfig, ModelHeaderE
             HeaderKey::RopeScalingOrigMaxSeqLen => {
                 c.rope_scaling_orig_max_seq_len = unsigned(key, value)?
             }
-            HeaderKey::RopeType => c.rope_type = RopeType::from_code(value).ok_or(invalid)?,
+            HeaderKey::RopeType => {
+                c.rope_type = u32::try_from(value)
+                    .ok()
+                    .and_then(RopeKind::from_code)
+                    .ok_or(invalid)?
+            }
             HeaderKey::HeadDim => c.head_dim = unsigned(key, value)?,
             HeaderKey::NormEpsilon => {
                 c.norm_epsilon = NormEpsilon::from_code(value)
@@ -765,7 +733,7 @@ fn derive_config(pairs: &[(HeaderKey, i32)]) -> Result<ModelConfig, ModelHeaderE
         }
     }
     if c.arch.has_qk_norm() {
-        c.rope_type = RopeType::Falcon;
+        c.rope_type = RopeKind::Falcon;
     }
     Ok(c)
 }
@@ -782,7 +750,7 @@ pub struct RopeScaling {
     /// `rope_scaling_orig_max_seq_len`.
     pub orig_max_seq_len: u32,
     /// `rope_type` written with them (Llama 3.1 in practice).
-    pub rope_type: RopeType,
+    pub rope_type: RopeKind,
 }
 
 /// What a converter knows about a model. [`ModelParams::to_header`] writes the keys in the
@@ -866,7 +834,8 @@ impl ModelParams {
                 HeaderKey::RopeScalingOrigMaxSeqLen,
                 s.orig_max_seq_len,
             )?);
-            pairs.push((HeaderKey::RopeType, s.rope_type.code()));
+            // Codes 0..=2: the cast is exact.
+            pairs.push((HeaderKey::RopeType, s.rope_type.code() as i32));
         }
         if let Some(head_dim) = self.head_dim {
             pairs.push(int(HeaderKey::HeadDim, head_dim)?);
@@ -916,7 +885,7 @@ mod tests {
         assert_eq!(parsed, header);
         let c = parsed.config();
         assert_eq!((c.head_dim, c.q_dim, c.kv_dim), (32, 384, 192));
-        assert_eq!(c.rope_type, RopeType::Falcon);
+        assert_eq!(c.rope_type, RopeKind::Falcon);
         assert_eq!(c.norm_epsilon.value(), 1e-6);
         assert_eq!(c.ffn_dim(), 192);
         let read = ModelHeader::read_from(&mut bytes.as_slice()).unwrap();
@@ -937,7 +906,7 @@ mod tests {
         let c = h.config();
         assert_eq!((c.head_dim, c.q_dim, c.kv_dim), (16, 192, 96));
         assert_eq!(c.rope_theta, 10000.0);
-        assert_eq!(c.rope_type, RopeType::Llama);
+        assert_eq!(c.rope_type, RopeKind::Llama);
         assert_eq!(c.norm_epsilon, NormEpsilon::E5);
         assert_eq!(c.ffn_dim(), 384);
         assert_eq!(c.with_max_seq_len(100).seq_len, 100);
@@ -998,7 +967,7 @@ mod tests {
             if c.is_moe() {
                 proptest::prop_assert!((1..=c.n_experts).contains(&c.n_active_experts));
             }
-            proptest::prop_assert_eq!(c.rope_type == RopeType::Falcon, arch.has_qk_norm());
+            proptest::prop_assert_eq!(c.rope_type == RopeKind::Falcon, arch.has_qk_norm());
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use airllama_io::fuzzing::{check_layout, check_node_split};
 use airllama_io::layout::{ModelLayout, SplitKind, TensorRole};
-use airllama_io::model::{ArchType, HiddenAct, ModelHeader, NormEpsilon, RopeType};
+use airllama_io::model::{ArchType, HiddenAct, ModelHeader, NormEpsilon, RopeKind};
 use airllama_kernels::block::FloatType;
 
 const VARIANTS: [&str; 4] = ["llama-q40", "llama-f32", "qwen3-q40", "qwen3moe-q40"];
@@ -59,7 +59,7 @@ fn header_values_match_the_readme() {
                 16,
                 192,
                 96,
-                RopeType::Llama,
+                RopeKind::Llama,
                 5,
             ),
             "llama-f32" => (
@@ -68,7 +68,7 @@ fn header_values_match_the_readme() {
                 16,
                 192,
                 96,
-                RopeType::Llama,
+                RopeKind::Llama,
                 5,
             ),
             "qwen3-q40" => (
@@ -77,7 +77,7 @@ fn header_values_match_the_readme() {
                 32,
                 384,
                 192,
-                RopeType::Falcon,
+                RopeKind::Falcon,
                 6,
             ),
             "qwen3moe-q40" => (
@@ -86,7 +86,7 @@ fn header_values_match_the_readme() {
                 32,
                 384,
                 192,
-                RopeType::Falcon,
+                RopeKind::Falcon,
                 6,
             ),
             _ => unreachable!(),

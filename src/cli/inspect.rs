@@ -135,7 +135,7 @@ fn write_config(out: &mut String, c: &ModelConfig) -> std::fmt::Result {
     for (name, value) in rows {
         writeln!(out, "  {name:<18} {value}")?;
     }
-    if c.rope_type == airllama_io::model::RopeType::Llama31 {
+    if c.rope_type == airllama_io::model::RopeKind::Llama31 {
         writeln!(
             out,
             "  {:<18} factor {}, low {}, high {}, original seq len {}",

@@ -37,7 +37,7 @@ mod weights;
 
 pub use weights::{WeightLoad, WeightPlan, WeightPlanError};
 
-use airllama_io::model::{ArchType, ModelConfig, ModelHeader, RopeType as ModelRopeType};
+use airllama_io::model::{ArchType, ModelConfig, ModelHeader};
 use airllama_net::{
     BufferConfig, DecodeError, EmptyConfig, FloatType, InvRmsConfig, MatmulConfig, MoeGateConfig,
     MultiHeadAttConfig, NetConfig, NodeConfig, OpConfig, OpParams, PipeConfig, PointerConfig,
@@ -239,14 +239,6 @@ pub struct LlmGraph {
     pub nodes: Vec<NodeConfig>,
     /// Which pipe is which.
     pub pipes: LlmPipes,
-}
-
-fn wire_rope(t: ModelRopeType) -> RopeKind {
-    match t {
-        ModelRopeType::Llama => RopeKind::Llama,
-        ModelRopeType::Falcon => RopeKind::Falcon,
-        ModelRopeType::Llama31 => RopeKind::Llama31,
-    }
 }
 
 /// Values per block of a type (dllama's `getBlockSize`).
@@ -559,7 +551,7 @@ fn build_node(
 
     // sliceRope: llama types cover this node's [kvDimStart, qDimEnd); falcon keeps one head's
     // worth of frequencies and leaves the start/end fields unset (0).
-    let rope_type = wire_rope(c.rope_type);
+    let rope_type = c.rope_type;
     let mut rope_slice = RopeSlice {
         q_dim0: s.q_d0,
         q_dim_start: 0,

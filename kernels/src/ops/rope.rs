@@ -29,6 +29,15 @@ impl RopeKind {
     pub const fn code(self) -> u32 {
         self as u32
     }
+
+    /// The name dllama prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RopeKind::Llama => "Llama",
+            RopeKind::Falcon => "Falcon",
+            RopeKind::Llama31 => "Llama3.1",
+        }
+    }
 }
 
 /// Why a [`RopeSlice`] cannot be built or a cache cannot be filled.
