@@ -475,24 +475,13 @@ impl Connection {
                         let Some(dst) = buf.get_mut(start + got..) else {
                             break;
                         };
-                        match self.stream.read(dst) {
-                            Ok(0) => {
-                                return Err(NetError::Closed {
-                                    context,
-                                    peer: self.peer,
-                                });
-                            }
-                            Ok(n) => got += n,
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                                ) =>
-                            {
+                        // `ahead` was moved into `buf` above, so this reads the socket.
+                        match self.read_some(dst, context)? {
+                            Some(n) => got += n,
+                            None => {
                                 spin_wait(turn);
                                 turn += 1;
                             }
-                            Err(e) => return Err(self.io(context, e)),
                         }
                     }
                     buf.truncate(start + got);
