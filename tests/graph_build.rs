@@ -9,7 +9,6 @@ use airllama::graph::{
 };
 use airllama_io::layout::ModelLayout;
 use airllama_io::model::{ArchType, HiddenAct, ModelHeader, ModelParams, RopeScaling};
-use airllama_kernels::block::FloatType as WeightType;
 use airllama_net::{FloatType, OpParams, PointerType, RopeKind, SyncType};
 
 fn golden() -> PathBuf {
@@ -29,7 +28,7 @@ fn build(header: &ModelHeader, n_nodes: u32, sync: SyncFloatType) -> Result<LlmG
     LlmGraph::build(header, GraphParams::dllama(n_nodes, sync, 0))
 }
 
-fn llama(dim: u32, heads: u32, kv_heads: u32, weight_type: WeightType) -> ModelParams {
+fn llama(dim: u32, heads: u32, kv_heads: u32, weight_type: FloatType) -> ModelParams {
     ModelParams {
         arch: ArchType::Llama,
         hidden_act: HiddenAct::Silu,
@@ -85,7 +84,7 @@ fn node_counts_that_do_not_split_are_refused() {
     );
     // 320 feed-forward rows over 4 nodes = 80 per node: w2's column slice would cut a Q40
     // block; the same shapes in F32 have no blocks to cut.
-    let mut shapes = llama(128, 4, 4, WeightType::Q40);
+    let mut shapes = llama(128, 4, 4, FloatType::Q40);
     shapes.hidden_dim = 320;
     let header = shapes.to_header().unwrap();
     assert!(build(&header, 2, SyncFloatType::Q80).is_ok());
@@ -96,7 +95,7 @@ fn node_counts_that_do_not_split_are_refused() {
             value: 80
         })
     );
-    shapes.weight_type = WeightType::F32;
+    shapes.weight_type = FloatType::F32;
     assert!(build(&shapes.to_header().unwrap(), 4, SyncFloatType::F32).is_ok());
     // Qwen3: 4 nodes would also cut the k norm's 32-dim heads.
     let qwen = golden_header("qwen3-q40");
@@ -109,7 +108,7 @@ fn node_counts_that_do_not_split_are_refused() {
         })
     );
     // A RoPE pair split between nodes: 12 query dims over 4 nodes → 3 per node.
-    let odd = llama(12, 4, 4, WeightType::F32).to_header().unwrap();
+    let odd = llama(12, 4, 4, FloatType::F32).to_header().unwrap();
     assert_eq!(
         build(&odd, 4, SyncFloatType::F32),
         Err(GraphError::OddRopeSlice {
@@ -270,7 +269,7 @@ fn max_seq_len_caps_caches_and_attention() {
 
 #[test]
 fn llama31_rope_and_gelu_header() {
-    let mut params = llama(256, 8, 4, WeightType::Q40);
+    let mut params = llama(256, 8, 4, FloatType::Q40);
     params.hidden_act = HiddenAct::Gelu;
     params.rope_theta = Some(500_000);
     params.rope_scaling = Some(RopeScaling {
@@ -427,7 +426,7 @@ fn arch_params(
     hidden: u32,
     vocab: u32,
     experts: (u32, u32),
-    weight_type: WeightType,
+    weight_type: FloatType,
 ) -> ModelParams {
     let (dim, n_heads, kv_div, head_dim) = shape;
     let moe = arch == ArchType::Qwen3Moe;
@@ -476,8 +475,8 @@ fn arch() -> impl proptest::strategy::Strategy<Value = ArchType> {
     proptest::sample::select(vec![ArchType::Llama, ArchType::Qwen3, ArchType::Qwen3Moe])
 }
 
-fn weight() -> impl proptest::strategy::Strategy<Value = WeightType> {
-    proptest::sample::select(vec![WeightType::F32, WeightType::Q40])
+fn weight() -> impl proptest::strategy::Strategy<Value = FloatType> {
+    proptest::sample::select(vec![FloatType::F32, FloatType::Q40])
 }
 
 fn sync() -> impl proptest::strategy::Strategy<Value = SyncFloatType> {

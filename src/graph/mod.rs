@@ -203,9 +203,7 @@ pub fn check_dllama_root_limits(
             n_kv_heads: config.n_kv_heads,
         });
     }
-    if config.weight_type == airllama_kernels::block::FloatType::Q40
-        && params.sync_type != SyncFloatType::Q80
-    {
+    if config.weight_type == FloatType::Q40 && params.sync_type != SyncFloatType::Q80 {
         return Err(GraphError::Q40NeedsQ80Sync);
     }
     Ok(())
