@@ -386,40 +386,20 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             n: cols_in,
             d,
             experts,
-        } => {
-            let weight = view::<f32>(ctx.weight)?;
-            matmul(
-                op,
-                ctx.pool,
-                inline,
-                ctx.slots,
-                batch,
-                backend,
-                failure,
-                cols_in,
-                d,
-                experts,
-                MatWeights::F32(weight),
-            )
         }
-        Kernel::MatmulQ40 {
+        | Kernel::MatmulQ40 {
             n: cols_in,
             d,
             experts,
         } => {
-            let weight = view::<Q40Block>(ctx.weight)?;
+            let weights = if matches!(op.kernel, Kernel::MatmulF32 { .. }) {
+                MatWeights::F32(view::<f32>(ctx.weight)?)
+            } else {
+                MatWeights::Q40(view::<Q40Block>(ctx.weight)?)
+            };
             matmul(
-                op,
-                ctx.pool,
-                inline,
-                ctx.slots,
-                batch,
-                backend,
-                failure,
-                cols_in,
-                d,
-                experts,
-                MatWeights::Q40(weight),
+                op, ctx.pool, inline, ctx.slots, batch, backend, failure, cols_in, d, experts,
+                weights,
             )
         }
         Kernel::Rope {
