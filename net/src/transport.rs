@@ -338,6 +338,28 @@ impl Connection {
         n
     }
 
+    /// Applies one non-blocking send or receive to the position `pos` in its buffer: true when
+    /// bytes moved, false on would-block; zero bytes means the peer closed.
+    fn advance(
+        &self,
+        moved: io::Result<Option<usize>>,
+        pos: &mut usize,
+        context: &'static str,
+    ) -> Result<bool> {
+        match moved {
+            Ok(Some(0)) => Err(NetError::Closed {
+                context,
+                peer: self.peer,
+            }),
+            Ok(Some(k)) => {
+                *pos += k;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(self.io(context, e)),
+        }
+    }
+
     /// One read of whatever is available (blocking unless the socket is non-blocking).
     fn read_some(&mut self, buf: &mut [u8], context: &'static str) -> Result<Option<usize>> {
         let n = self.take_ahead(buf);
@@ -640,20 +662,8 @@ impl Network {
                     continue;
                 };
                 pending = true;
-                match send_nonblocking(conn.stream.as_raw_fd(), rest) {
-                    Ok(Some(0)) => {
-                        return Err(NetError::Closed {
-                            context: "sync write",
-                            peer: conn.peer,
-                        });
-                    }
-                    Ok(Some(k)) => {
-                        *pos += k;
-                        progress = true;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(conn.io("sync write", e)),
-                }
+                let sent = send_nonblocking(conn.stream.as_raw_fd(), rest);
+                progress |= conn.advance(sent, pos, "sync write")?;
             }
             for ((c, buf), pos) in incoming.iter_mut().zip(in_pos.iter_mut()) {
                 let Some(conn) = self.conns.get_mut(*c as usize) else {
@@ -663,20 +673,8 @@ impl Network {
                     continue;
                 };
                 pending = true;
-                match recv_nonblocking(conn.stream.as_raw_fd(), rest) {
-                    Ok(Some(0)) => {
-                        return Err(NetError::Closed {
-                            context: "sync read",
-                            peer: conn.peer,
-                        });
-                    }
-                    Ok(Some(k)) => {
-                        *pos += k;
-                        progress = true;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(conn.io("sync read", e)),
-                }
+                let received = recv_nonblocking(conn.stream.as_raw_fd(), rest);
+                progress |= conn.advance(received, pos, "sync read")?;
             }
             if !pending {
                 break;
