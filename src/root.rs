@@ -30,10 +30,13 @@ use airllama_kernels::backend::Backend;
 use airllama_net::transport::{NetError, Network};
 use airllama_net::{ControlPacket, PeerAddress, SyncStep};
 
-use crate::executor::{Executor, ExecutorError, ExecutorOptions, NoSync, Synchronizer};
+use crate::executor::{Executor, ExecutorError, ExecutorOptions, NoSync, Synchronizer, WeightFeed};
 use crate::graph::{
     GraphError, GraphParams, LlmGraph, SyncFloatType, WeightPlan, WeightPlanError,
     check_dllama_root_limits,
+};
+use crate::streaming::{
+    MapMode, ModelStreaming, StreamStats, StreamingError, StreamingOptions, WeightStreamer,
 };
 
 /// How the root runs.
@@ -63,6 +66,9 @@ pub struct RootOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RootError {
+    /// `--mem-budget` layer streaming could not be set up or a streamed read failed.
+    #[error("layer streaming (--mem-budget)")]
+    Streaming(#[from] StreamingError),
     /// The model file cannot be opened or its size read.
     #[error("cannot open model file {path}")]
     OpenModel {
@@ -218,6 +224,8 @@ pub struct ForwardStats {
     pub sent: u64,
     /// Bytes received from all workers.
     pub received: u64,
+    /// Layer streaming's reads and waits (`None` when every weight is resident).
+    pub stream: Option<StreamStats>,
 }
 
 /// The root: configs sent, weights loaded, ready to run forwards.
@@ -229,6 +237,7 @@ pub struct Root {
     network: Option<Network>,
     workers: Vec<PeerAddress>,
     last_position: u32,
+    streamer: Option<WeightStreamer>,
 }
 
 /// Syncs the root's pipes over the network, timing the syncs.
@@ -297,6 +306,16 @@ impl Root {
         options: &RootOptions,
         events: &mut dyn FnMut(RootEvent),
     ) -> Result<Root, RootError> {
+        Root::open_streaming(options, None, events)
+    }
+
+    /// As [`Root::open`], keeping the weights within `streaming.mem_budget` (`--mem-budget`):
+    /// the layers that do not fit are streamed from the model file each forward.
+    pub fn open_streaming(
+        options: &RootOptions,
+        streaming: Option<&StreamingOptions>,
+        events: &mut dyn FnMut(RootEvent),
+    ) -> Result<Root, RootError> {
         let path = options.model.clone();
         let file = File::open(&path).map_err(|source| RootError::OpenModel {
             path: path.clone(),
@@ -341,7 +360,32 @@ impl Root {
             n_threads: options.n_threads,
             max_memory: options.max_memory,
         };
-        let mut executor = Executor::new(&graph.net, &graph.nodes[0], &exec_options)?;
+        let streaming = match streaming {
+            Some(s) if n_nodes == 1 => Some(ModelStreaming::plan(
+                &path,
+                &graph.nodes[0],
+                &plan,
+                s,
+                MapMode::Off,
+            )?),
+            Some(_) => {
+                return Err(StreamingError::Plan(
+                    "a root with workers cannot stream yet; give each worker its own --mem-budget"
+                        .into(),
+                )
+                .into());
+            }
+            None => None,
+        };
+        let mut executor = match &streaming {
+            Some(s) => Executor::with_streamed_weights(
+                &graph.net,
+                &graph.nodes[0],
+                &exec_options,
+                &s.streamer.streamed_ops(),
+            )?,
+            None => Executor::new(&graph.net, &graph.nodes[0], &exec_options)?,
+        };
 
         let workers_text = address_list(&options.workers);
         let mut network = if options.workers.is_empty() {
@@ -395,8 +439,14 @@ impl Root {
                     },
                 })?;
             if load.node == 0 {
-                let dst = executor.weight_mut(&load.target)?;
-                read_ranges(&file, &path, load.bytes.ranges(), dst)?;
+                // Streamed ops are read each forward instead.
+                if streaming
+                    .as_ref()
+                    .is_none_or(|s| s.is_resident(&graph.nodes[0], &load.target))
+                {
+                    let dst = executor.weight_mut(&load.target)?;
+                    read_ranges(&file, &path, load.bytes.ranges(), dst)?;
+                }
             } else {
                 let network = network.as_mut().ok_or_else(|| RootError::WeightPlan {
                     path: path.clone(),
@@ -453,7 +503,13 @@ impl Root {
             network,
             workers: options.workers.clone(),
             last_position: 0,
+            streamer: streaming.map(|s| s.streamer),
         })
+    }
+
+    /// The layer streamer, when `--mem-budget` left weights to stream.
+    pub fn streamer(&self) -> Option<&WeightStreamer> {
+        self.streamer.as_ref()
     }
 
     /// The model's configuration (with `--max-seq-len` applied).
@@ -537,27 +593,42 @@ impl Root {
         for (slot, &t) in ids.iter_mut().zip(tokens) {
             *slot = t as f32;
         }
+        let feed: Option<&mut dyn WeightFeed> = match self.streamer.as_mut() {
+            Some(s) => {
+                s.begin_forward().map_err(StreamingError::from)?;
+                Some(s)
+            }
+            None => None,
+        };
         let sync = match self.network.as_mut() {
             Some(network) => {
                 let mut sync = TimedSync {
                     network,
                     spent: Duration::ZERO,
                 };
-                self.executor.forward(position, batch, &mut sync)?;
+                self.executor
+                    .forward_with(position, batch, &mut sync, feed)?;
                 sync.spent
             }
             None => {
-                self.executor.forward(position, batch, &mut NoSync)?;
+                self.executor
+                    .forward_with(position, batch, &mut NoSync, feed)?;
                 Duration::ZERO
             }
         };
         let elapsed = started.elapsed();
+        let stream = self.streamer.as_mut().map(|s| {
+            let mut stats = s.end_forward();
+            stats.forward_time = elapsed;
+            stats
+        });
         let (sent, received) = self.take_traffic();
         Ok(ForwardStats {
             eval: elapsed.saturating_sub(sync),
             sync,
             sent,
             received,
+            stream,
         })
     }
 

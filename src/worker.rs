@@ -11,7 +11,8 @@ use airllama_kernels::backend::Backend;
 use airllama_net::SyncStep;
 use airllama_net::transport::{ControlReader, Listener, NetError, Network, WorkerSession};
 
-use crate::executor::{Executor, ExecutorError, ExecutorOptions, Synchronizer};
+use crate::executor::{Executor, ExecutorError, ExecutorOptions, Synchronizer, WeightFeed};
+use crate::streaming::{SpillFile, StreamingError, StreamingOptions};
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct WorkerOptions {
     pub backend: Backend,
     /// Most bytes a session's graph may allocate.
     pub max_memory: u64,
+    /// `--mem-budget`: weights that do not fit are spilled to a file as they arrive and
+    /// streamed back each forward (`None` = all resident).
+    pub streaming: Option<StreamingOptions>,
 }
 
 /// Why a session ended early.
@@ -37,6 +41,9 @@ pub enum SessionError {
     /// The network failed or the root sent bytes that do not decode.
     #[error("network: {0}")]
     Net(#[from] NetError),
+    /// Layer streaming could not be set up or a streamed read failed.
+    #[error("layer streaming: {0}")]
+    Streaming(#[from] StreamingError),
     /// The graph could not be built or a forward failed.
     #[error("executor: {0}")]
     Executor(#[from] ExecutorError),
@@ -169,15 +176,43 @@ pub fn serve_session(
         n_threads: options.n_threads,
         max_memory: options.max_memory,
     };
-    let mut executor = Executor::new(&net, &node, &exec_options)?;
+    let mut spill = match &options.streaming {
+        Some(s) => SpillFile::create(&node, s)?,
+        None => None,
+    };
+    let mut executor = match &spill {
+        Some(spill) => {
+            log(&format!(
+                "mem budget: {} kB resident, the rest spilled to {} and streamed",
+                spill.plan().resident_bytes / 1000,
+                spill.path().display()
+            ));
+            Executor::with_streamed_weights(&net, &node, &exec_options, spill.streamed_ops())?
+        }
+        None => Executor::new(&net, &node, &exec_options)?,
+    };
     if let Some(path) = std::env::var_os("AIRLLAMA_DUMP_OPS") {
         executor.set_op_observer(dump_first_forward(&path, log));
     }
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
+    let mut buffer = Vec::new();
     while let Some((_, target)) = session.next_weight(&node)? {
-        let dst = executor.weight_mut(&target)?;
-        session.read_weight_data(dst)?;
+        match spill
+            .as_mut()
+            .and_then(|s| Some((s.spills(&node, &target)?, s)))
+        {
+            Some((op, spill)) => {
+                // The record was checked against the op's weight size by `next_weight`.
+                buffer.resize(target.n_bytes as usize, 0);
+                session.read_weight_data(&mut buffer)?;
+                spill.write(op, target.offset, &buffer)?;
+            }
+            None => {
+                let dst = executor.weight_mut(&target)?;
+                session.read_weight_data(dst)?;
+            }
+        }
         records += 1;
         bytes += target.n_bytes;
     }
@@ -186,6 +221,16 @@ pub fn serve_session(
         bytes / 1024,
         started.elapsed().as_millis()
     ));
+    drop(buffer);
+    let mut streamer = match (spill, &options.streaming) {
+        (Some(spill), Some(s)) => {
+            let streamer = spill.finish(s)?;
+            log(&streamer.describe());
+            Some(streamer)
+        }
+        _ => None,
+    };
+    let verbose = options.streaming.as_ref().is_some_and(|s| s.verbose);
     let mut control = ControlReader::new(options.turbo);
     let mut forwards = 0u64;
     loop {
@@ -203,11 +248,28 @@ pub fn serve_session(
             log("stop packet received");
             return Ok(forwards);
         }
-        executor.forward(
-            packet.position,
-            packet.batch_size,
-            &mut NetSync(&mut session.network),
-        )?;
+        match streamer.as_mut() {
+            Some(streamer) => {
+                let started = Instant::now();
+                streamer.begin_forward().map_err(StreamingError::from)?;
+                executor.forward_with(
+                    packet.position,
+                    packet.batch_size,
+                    &mut NetSync(&mut session.network),
+                    Some(streamer as &mut dyn WeightFeed),
+                )?;
+                let mut stats = streamer.end_forward();
+                stats.forward_time = started.elapsed();
+                if verbose {
+                    log(&format!("forward at position {}: {stats}", packet.position));
+                }
+            }
+            None => executor.forward(
+                packet.position,
+                packet.batch_size,
+                &mut NetSync(&mut session.network),
+            )?,
+        }
         forwards += 1;
     }
 }

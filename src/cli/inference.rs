@@ -52,6 +52,13 @@ pub struct RootArgs {
     /// 1: spin on non-blocking sockets once the weights are loaded (dllama's turbo mode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub net_turbo: u8,
+    /// Memory for weights (e.g. 512M, 2G): layers that do not fit are streamed from the model
+    /// file each forward with O_DIRECT reads overlapped with compute (default: all resident).
+    #[arg(long, value_parser = airllama::streaming::parse_size)]
+    pub mem_budget: Option<u64>,
+    /// Print each forward's streaming statistics (bytes read, read time, compute, I/O wait).
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 fn parse_sync_type(value: &str) -> Result<SyncFloatType, String> {
@@ -144,7 +151,13 @@ pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
         RootEvent::Turbo => say("🚁 Network is in non-blocking mode"),
     };
     say(&format!("🧠 CPU: {}", backend.isa()));
-    let root = Root::open(&options, &mut events)?;
+    let streaming = args
+        .mem_budget
+        .map(airllama::streaming::StreamingOptions::new);
+    let root = Root::open_streaming(&options, streaming.as_ref(), &mut events)?;
+    if let Some(s) = root.streamer() {
+        say(&format!("💾 {}", s.describe()));
+    }
     let c = root.config();
     say(&format!(
         "💡 Arch: {:?}, Dim: {}, HeadDim: {}, nLayers: {}, nHeads: {}, nKvHeads: {}, VocabSize: {}, SeqLen: {}, Weights: {:?}, Nodes: {}",
@@ -223,6 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sampler.sample(logits).map_err(|e| e.to_string())
     };
     let mut decode_error = None;
+    let verbose = args.root.verbose;
     let mut on_step = |step: Step| match step {
         Step::Eval { batch, stats } => say(&format!(
             "🔷️ {} | ({batch} tokens)",
@@ -238,6 +252,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             };
             say(&format!("🔶 {} | {piece}", forward_line("Pred", &stats)));
+            if let (true, Some(s)) = (verbose, stats.stream) {
+                say(&format!("💾 {s}"));
+            }
         }
     };
     let summary = generate(&mut root, &prompt, args.steps, &mut sample, &mut on_step)?;

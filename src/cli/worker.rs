@@ -2,6 +2,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use airllama::streaming::{StreamingOptions, parse_size};
 use airllama::worker::{WorkerOptions, available_memory, serve};
 use airllama_kernels::backend::Backend;
 
@@ -20,6 +21,16 @@ pub struct Args {
     /// 1: spin on non-blocking sockets while forwards keep coming (dllama's turbo mode); 0: block.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub net_turbo: u8,
+    /// Memory for weights (e.g. 512M, 2G): layers that do not fit are spilled to --spill-dir
+    /// as the root sends them and streamed back each forward (default: all resident).
+    #[arg(long, value_parser = parse_size)]
+    pub mem_budget: Option<u64>,
+    /// Directory for the spill file of --mem-budget (default: the system temp dir).
+    #[arg(long)]
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Print each forward's streaming statistics.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// Runs the subcommand: serves until the port cannot be bound.
@@ -33,6 +44,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         turbo: args.net_turbo == 1,
         backend,
         max_memory: available_memory().unwrap_or(u64::MAX),
+        streaming: args.mem_budget.map(|budget| {
+            let mut s = StreamingOptions::new(budget);
+            if let Some(dir) = args.spill_dir.clone() {
+                s.spill_dir = dir;
+            }
+            s.verbose = args.verbose;
+            s
+        }),
     };
     let mut log = |line: &str| {
         let mut out = std::io::stdout().lock();
