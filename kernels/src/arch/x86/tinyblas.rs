@@ -107,111 +107,147 @@ pub(crate) fn scale(d: [u8; 2]) -> f32 {
     ))))
 }
 
-/// The body of one `RM × RN` tile in `tinyBLAS_Q0_AVX2` order, shared by the AVX2 and AVX-512
+/// Blocks per pass over a row tile: the unpacked codes (2 × 4 × 32 × 32 bytes), the scales and
+/// their products stay in L1 while every batch item of a group passes over them.
+const CHUNK: usize = 32;
+
+/// Batch items whose accumulators stay on the stack across chunks (a multiple of every tile
+/// width used here).
+const GROUP: usize = 32;
+
+/// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order, shared by the AVX2 and AVX-512
 /// instantiations (the latter only gets more registers).
-macro_rules! q40_tile_body {
-    ($row:expr, $item:expr, $nb:expr, $res:expr, $rm:expr, $rn:expr, $updot:expr) => {{
-        let (row, item, nb, res): (
-            &[*const Q40Block; $rm],
-            &[*const Q80Block; $rn],
-            usize,
-            &mut [[f32; $rm]; $rn],
-        ) = ($row, $item, $nb, $res);
+///
+/// Each output element still sees exactly dllama's operations in dllama's order: per block,
+/// `acc = fma(d_w · d_x, float(updot(|w|, sign(x, w))), acc)` over all blocks, then
+/// [`hsum8`]. What changes is only where intermediate values live: for `$rm` weight rows the
+/// codes of `CHUNK` blocks are unpacked and their scales converted once, then reused by
+/// every batch item of a group of up to `GROUP`; the `d_w · d_x` products of a chunk
+/// (each one rounded f32 product, as dllama's scalar `unhalf(a) * unhalf(b)`) are computed
+/// 8 at a time and broadcast from memory; the accumulators are parked on the stack between
+/// chunks (a store and a reload do not change a bit).
+macro_rules! q40_matmul_body {
+    ($outs:expr, $xs:expr, $w:expr, $nb:expr, $rm:expr, $rn:expr, $updot:expr) => {{
+        const RM: usize = $rm;
+        const RN: usize = $rn;
+        let (outs, xs, w, nb): (&mut [&mut [f32]], &[Q80Block], &[Q40Block], usize) =
+            ($outs, $xs, $w, $nb);
+        let rows = outs.first().map_or(0, |o| o.len());
+        let items = outs.len();
         let eight = _mm256_set1_epi8(8);
-        let mut acc = [[_mm256_setzero_ps(); $rm]; $rn];
-        for l in 0..nb {
-            let mut wq = [_mm256_setzero_si256(); $rm];
-            let mut wu = [_mm256_setzero_si256(); $rm];
-            let mut wd = [_mm256_setzero_ps(); $rm];
-            for i in 0..$rm {
-                // SAFETY: every row pointer starts `nb` blocks.
-                let wb = unsafe { &*row[i].add(l) };
-                wq[i] = _mm256_sub_epi8(q40_codes(wb), eight);
-                wu[i] = _mm256_sign_epi8(wq[i], wq[i]);
-                wd[i] = _mm256_set1_ps(scale(wb.d));
-            }
-            for k in 0..$rn {
-                // SAFETY: every item pointer starts `nb` blocks.
-                let xb = unsafe { &*item[k].add(l) };
-                let xq = q80_codes(xb);
-                let xd = _mm256_set1_ps(scale(xb.d));
-                for i in 0..$rm {
-                    let s = _mm256_sign_epi8(xq, wq[i]);
-                    let dot = _mm256_cvtepi32_ps($updot(wu[i], s));
-                    // `d_w · d_x` rounded once (in every lane), as dllama's scalar product.
-                    acc[k][i] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), dot, acc[k][i]);
+        let mut wq = [[_mm256_setzero_si256(); RM]; CHUNK];
+        let mut wu = [[_mm256_setzero_si256(); RM]; CHUNK];
+        // Row scales, `CHUNK` per row (the tail past a short chunk is never read).
+        let mut wd = [[0.0f32; CHUNK]; RM];
+        // Item scales of one tile: converted 8 at a time from a packed copy of the halves.
+        let mut xh = [[0u16; CHUNK]; RN];
+        let mut xd = [[0.0f32; CHUNK]; RN];
+        // `prod[k][i][l] = wd[i][l] · xd[k][l]`.
+        let mut prod = [[[0.0f32; CHUNK]; RM]; RN];
+        let mut r0 = 0;
+        while r0 < rows && items > 0 {
+            // Rows past the end repeat the last row; their results are never written.
+            let row: [*const Q40Block; RM] =
+                core::array::from_fn(|i| w[(r0 + i).min(rows - 1) * nb..].as_ptr());
+            let mut g0 = 0;
+            while g0 < items {
+                let group = (items - g0).min(GROUP);
+                let mut parked = [[_mm256_setzero_ps(); RM]; GROUP];
+                let mut c0 = 0;
+                while c0 < nb {
+                    let cn = (nb - c0).min(CHUNK);
+                    for l in 0..cn {
+                        for i in 0..RM {
+                            // SAFETY: every row pointer starts `nb` blocks and c0 + l < nb.
+                            let wb = unsafe { &*row[i].add(c0 + l) };
+                            let q = _mm256_sub_epi8(q40_codes(wb), eight);
+                            wq[l][i] = q;
+                            wu[l][i] = _mm256_sign_epi8(q, q);
+                            wd[i][l] = scale(wb.d);
+                        }
+                    }
+                    let mut b0 = 0;
+                    while b0 < group {
+                        // Items past the end repeat the last item; never written either.
+                        let item: [*const Q80Block; RN] = core::array::from_fn(|k| {
+                            xs[(g0 + b0 + k).min(items - 1) * nb + c0..].as_ptr()
+                        });
+                        for k in 0..RN {
+                            for l in 0..cn {
+                                // SAFETY: l < cn, inside the item's chunk.
+                                xh[k][l] = u16::from_le_bytes(unsafe { (*item[k].add(l)).d });
+                            }
+                            let mut l = 0;
+                            while l < cn {
+                                // SAFETY: the bounds-checked slice holds 8 halves (16 bytes).
+                                let h = unsafe { _mm_loadu_si128(xh[k][l..l + 8].as_ptr().cast()) };
+                                // SAFETY: the bounds-checked slice holds 8 floats.
+                                unsafe {
+                                    _mm256_storeu_ps(
+                                        xd[k][l..l + 8].as_mut_ptr(),
+                                        _mm256_cvtph_ps(h),
+                                    )
+                                };
+                                l += 8;
+                            }
+                            for i in 0..RM {
+                                let mut l = 0;
+                                while l < cn {
+                                    // SAFETY: every bounds-checked slice holds 8 floats.
+                                    let p = unsafe {
+                                        _mm256_mul_ps(
+                                            _mm256_loadu_ps(wd[i][l..l + 8].as_ptr()),
+                                            _mm256_loadu_ps(xd[k][l..l + 8].as_ptr()),
+                                        )
+                                    };
+                                    // SAFETY: as above.
+                                    unsafe {
+                                        _mm256_storeu_ps(prod[k][i][l..l + 8].as_mut_ptr(), p)
+                                    };
+                                    l += 8;
+                                }
+                            }
+                        }
+                        let mut acc = [[_mm256_setzero_ps(); RM]; RN];
+                        for k in 0..RN {
+                            acc[k] = parked[b0 + k];
+                        }
+                        for l in 0..cn {
+                            for k in 0..RN {
+                                // SAFETY: l < cn, inside the item's chunk.
+                                let xq = q80_codes(unsafe { &*item[k].add(l) });
+                                for i in 0..RM {
+                                    let s = _mm256_sign_epi8(xq, wq[l][i]);
+                                    let dot = _mm256_cvtepi32_ps($updot(wu[l][i], s));
+                                    acc[k][i] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(prod[k][i][l]),
+                                        dot,
+                                        acc[k][i],
+                                    );
+                                }
+                            }
+                        }
+                        for k in 0..RN {
+                            parked[b0 + k] = acc[k];
+                        }
+                        b0 += RN;
+                    }
+                    c0 += CHUNK;
                 }
+                for (k, acc_k) in parked.iter().enumerate().take(group) {
+                    for (i, acc_ki) in acc_k.iter().enumerate().take(rows - r0) {
+                        outs[g0 + k][r0 + i] = hsum8(*acc_ki);
+                    }
+                }
+                g0 += GROUP;
             }
-        }
-        for k in 0..$rn {
-            for i in 0..$rm {
-                res[k][i] = hsum8(acc[k][i]);
-            }
+            r0 += RM;
         }
     }};
 }
 
-/// A 4 × 2 tile with AVX2's 16 vector registers.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; every pointer starts `nb` blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn q40_tile_avx2(
-    row: &[*const Q40Block; 4],
-    item: &[*const Q80Block; 2],
-    nb: usize,
-    res: &mut [[f32; 4]; 2],
-) {
-    let ones = _mm256_set1_epi16(1);
-    q40_tile_body!(row, item, nb, res, 4, 2, |u, s| _mm256_madd_epi16(
-        ones,
-        _mm256_maddubs_epi16(u, s)
-    ))
-}
-
-/// A 4 × 4 tile: the same instructions, with AVX-512VL's 32 registers to hold the accumulators.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/VL with AVX2, FMA and F16C; every pointer starts `nb` blocks.
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn q40_tile_avx512(
-    row: &[*const Q40Block; 4],
-    item: &[*const Q80Block; 4],
-    nb: usize,
-    res: &mut [[f32; 4]; 4],
-) {
-    let ones = _mm256_set1_epi16(1);
-    q40_tile_body!(row, item, nb, res, 4, 4, |u, s| _mm256_madd_epi16(
-        ones,
-        _mm256_maddubs_epi16(u, s)
-    ))
-}
-
-/// As [`q40_tile_avx512`] with `vpdpbusd` (AVX-512 VNNI) for the 4-value dots, as dllama's
-/// `-march=native` build on a VNNI CPU compiles `updot`: the same integers, since no pair sum
-/// can saturate `vpmaddubsw` here (|w| <= 8).
-///
-/// # Safety
-/// The CPU must support AVX-512 F/VL/VNNI with AVX2, FMA and F16C; every pointer starts `nb`
-/// blocks.
-#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn q40_tile_vnni(
-    row: &[*const Q40Block; 4],
-    item: &[*const Q80Block; 4],
-    nb: usize,
-    res: &mut [[f32; 4]; 4],
-) {
-    q40_tile_body!(row, item, nb, res, 4, 4, |u, s| _mm256_dpbusd_epi32(
-        _mm256_setzero_si256(),
-        u,
-        s
-    ))
-}
-
-/// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds), AVX2 registers.
+/// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds), AVX2 registers
+/// (4 rows × 2 items per pass).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C. Shapes as checked by
@@ -223,13 +259,14 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
     w: &[Q40Block],
     nb: usize,
 ) {
-    // SAFETY: `tiles!` hands out pointers to whole rows / items of `nb` blocks.
-    tiles!(outs, xs, w, nb, 4, 2, 0.0f32, |r, x, res| unsafe {
-        q40_tile_avx2(r, x, nb, res)
-    });
+    let ones = _mm256_set1_epi16(1);
+    q40_matmul_body!(outs, xs, w, nb, 4, 2, |u, s| _mm256_madd_epi16(
+        ones,
+        _mm256_maddubs_epi16(u, s)
+    ))
 }
 
-/// As [`matmul_q80_q40_avx2`] (same bits), with AVX-512VL registers for bigger tiles.
+/// As [`matmul_q80_q40_avx2`] (same bits), with AVX-512VL's 32 registers for 4 × 4 passes.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/VL, AVX2, FMA and F16C. Shapes as checked by
@@ -241,13 +278,16 @@ pub(crate) unsafe fn matmul_q80_q40_avx512(
     w: &[Q40Block],
     nb: usize,
 ) {
-    // SAFETY: `tiles!` hands out pointers to whole rows / items of `nb` blocks.
-    tiles!(outs, xs, w, nb, 4, 4, 0.0f32, |r, x, res| unsafe {
-        q40_tile_avx512(r, x, nb, res)
-    });
+    let ones = _mm256_set1_epi16(1);
+    q40_matmul_body!(outs, xs, w, nb, 4, 4, |u, s| _mm256_madd_epi16(
+        ones,
+        _mm256_maddubs_epi16(u, s)
+    ))
 }
 
-/// As [`matmul_q80_q40_avx2`] (same bits), with `vpdpbusd` and AVX-512VL registers.
+/// As [`matmul_q80_q40_avx512`] with `vpdpbusd` (AVX-512 VNNI) for the 4-value dots, as
+/// dllama's `-march=native` build on a VNNI CPU compiles `updot`: the same integers, since no
+/// pair sum can saturate `vpmaddubsw` here (|w| <= 8).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/VL/VNNI, AVX2, FMA and F16C. Shapes as checked by
@@ -259,10 +299,11 @@ pub(crate) unsafe fn matmul_q80_q40_vnni(
     w: &[Q40Block],
     nb: usize,
 ) {
-    // SAFETY: `tiles!` hands out pointers to whole rows / items of `nb` blocks.
-    tiles!(outs, xs, w, nb, 4, 4, 0.0f32, |r, x, res| unsafe {
-        q40_tile_vnni(r, x, nb, res)
-    });
+    q40_matmul_body!(outs, xs, w, nb, 4, 4, |u, s| _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        u,
+        s
+    ))
 }
 
 /// Whether the CPU has AVX-512 VNNI (checked once by `std`'s cached detection, or at compile
@@ -290,13 +331,34 @@ mod tests {
     /// A Q80·Q40 kernel body.
     type Body = unsafe fn(&mut [&mut [f32]], &[Q80Block], &[Q40Block], usize);
 
-    /// The AVX-512 and VNNI instantiations must give the AVX2 body's bits (the public tests only
-    /// reach the one the host CPU selects).
+    /// dllama's `gemm<1, 1>`: one output element at a time, every block straight from the
+    /// blocks, no chunking, grouping or parked accumulators.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reference_element(w_row: &[Q40Block], x_item: &[Q80Block]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (wb, xb) in w_row.iter().zip(x_item) {
+            let wq = _mm256_sub_epi8(q40_codes(wb), _mm256_set1_epi8(8));
+            let s = _mm256_sign_epi8(q80_codes(xb), wq);
+            let dot = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), s));
+            let d = _mm256_set1_ps(scale(wb.d) * scale(xb.d));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc);
+        }
+        hsum8(acc)
+    }
+
+    /// Every instantiation must give dllama's per-element bits, also across chunk (`CHUNK`
+    /// blocks), group (`GROUP` items) and tile tails (the public tests only reach the one the
+    /// host CPU selects, and only small shapes).
     #[test]
     fn every_x86_q40_instantiation_agrees() {
-        if Backend::new(Isa::Avx512).is_none() {
+        if Backend::new(Isa::Avx2).is_none() {
             return;
         }
+        let avx512 = Backend::new(Isa::Avx512).is_some();
         let mut state = 0x1234_5678_9abc_def0u64;
         let mut next = move || {
             state ^= state << 13;
@@ -304,7 +366,18 @@ mod tests {
             state ^= state << 17;
             state
         };
-        for (d, nb, batch) in [(1, 1, 1), (5, 3, 2), (9, 7, 5), (4, 4, 4), (13, 2, 9)] {
+        for (d, nb, batch) in [
+            (1, 1, 1),
+            (5, 3, 2),
+            (9, 7, 5),
+            (4, 4, 4),
+            (13, 2, 9),
+            (6, 33, 3),
+            (5, 70, 35),
+            (3, 32, 33),
+            (7, 41, 66),
+            (4, 64, 32),
+        ] {
             let w: alloc::vec::Vec<Q40Block> = (0..d * nb)
                 .map(|_| Q40Block {
                     d: [next() as u8, 0x30 | (next() as u8 & 0x8f)],
@@ -324,17 +397,28 @@ mod tests {
             let run = |f: Body| {
                 let mut out = alloc::vec![0.0f32; d * batch];
                 let mut outs: alloc::vec::Vec<&mut [f32]> = out.chunks_mut(d).collect();
-                // SAFETY: the CPU has AVX-512 F/BW/DQ/VL (checked above); VNNI is checked below
-                // before its body runs; shapes are consistent by construction.
+                // SAFETY: the CPU has AVX2 + FMA + F16C (checked above), AVX-512 F/BW/DQ/VL and
+                // VNNI are checked before their bodies run; shapes are consistent by
+                // construction.
                 unsafe { f(&mut outs, &x, &w, nb) };
                 out.iter()
                     .map(|v| v.to_bits())
                     .collect::<alloc::vec::Vec<_>>()
             };
-            let reference = run(matmul_q80_q40_avx2);
-            assert_eq!(run(matmul_q80_q40_avx512), reference, "{d} {nb} {batch}");
-            if has_avx512_vnni() {
-                assert_eq!(run(matmul_q80_q40_vnni), reference, "{d} {nb} {batch}");
+            let mut reference = alloc::vec::Vec::with_capacity(d * batch);
+            for b in 0..batch {
+                for i in 0..d {
+                    let (wr, xb) = (&w[i * nb..(i + 1) * nb], &x[b * nb..(b + 1) * nb]);
+                    // SAFETY: the CPU has AVX2 + FMA + F16C (checked above).
+                    reference.push(unsafe { reference_element(wr, xb) }.to_bits());
+                }
+            }
+            assert_eq!(run(matmul_q80_q40_avx2), reference, "{d} {nb} {batch}");
+            if avx512 {
+                assert_eq!(run(matmul_q80_q40_avx512), reference, "{d} {nb} {batch}");
+                if has_avx512_vnni() {
+                    assert_eq!(run(matmul_q80_q40_vnni), reference, "{d} {nb} {batch}");
+                }
             }
         }
     }
