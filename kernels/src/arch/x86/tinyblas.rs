@@ -213,12 +213,17 @@ macro_rules! q40_matmul_body {
                             acc[k] = parked[b0 + k];
                         }
                         for l in 0..cn {
-                            for k in 0..RN {
+                            // The items' codes stay in registers while each row's codes are
+                            // read once (rows outside, items inside: fewest live registers).
+                            let xq: [__m256i; RN] = core::array::from_fn(|k| {
                                 // SAFETY: l < cn, inside the item's chunk.
-                                let xq = q80_codes(unsafe { &*item[k].add(l) });
-                                for i in 0..RM {
-                                    let s = _mm256_sign_epi8(xq, wq[l][i]);
-                                    let dot = _mm256_cvtepi32_ps($updot(wu[l][i], s));
+                                q80_codes(unsafe { &*item[k].add(l) })
+                            });
+                            for i in 0..RM {
+                                let (q, u) = (wq[l][i], wu[l][i]);
+                                for k in 0..RN {
+                                    let s = _mm256_sign_epi8(xq[k], q);
+                                    let dot = _mm256_cvtepi32_ps($updot(u, s));
                                     acc[k][i] = _mm256_fmadd_ps(
                                         _mm256_set1_ps(prod[k][i][l]),
                                         dot,
