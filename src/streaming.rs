@@ -220,7 +220,8 @@ impl ResidencyPlan {
 }
 
 /// Plans residency: all resident when everything fits; otherwise a ring of 2..=[`MAX_SLOTS`]
-/// slots (about a quarter of the budget; one slot, read-then-compute, when two do not fit),
+/// slots (one more than a quarter of the budget holds, rounded up; one slot,
+/// read-then-compute, when two do not fit),
 /// then as many whole units resident, in step order, as the rest of the budget holds.
 /// `extra_resident` bytes (ops that cannot stream) are always resident and counted first;
 /// `align` is the read alignment (a unit of `n` bytes may need `n + 2 align` in a slot).
@@ -255,7 +256,9 @@ pub fn plan_residency(
     let n_slots = if fit < 2 {
         1
     } else {
-        ((available / 4 / slot_size) as usize).clamp(2, MAX_SLOTS.min(fit))
+        // One slot computing, the others in flight: at least two reads ahead once a quarter
+        // of the budget holds a slot, so a compute hiccup does not leave the disk idle.
+        ((available.div_ceil(4 * slot_size) + 1) as usize).clamp(2, MAX_SLOTS.min(fit))
     };
     let mut left = available - n_slots as u64 * slot_size;
     let mut resident = vec![false; units.len()];
