@@ -839,7 +839,7 @@ fn matches_dllama_bit_for_bit() {
 
 /// Writes the case file for the C++ harness (see the module docs).
 #[test]
-#[ignore]
+#[ignore = "writes the case file for the C++ reference harness; run by hand"]
 fn dump_cases() {
     let path = std::env::var("AIRLLAMA_OPS_CASES_OUT").expect("AIRLLAMA_OPS_CASES_OUT");
     std::fs::write(path, encode_cases(&cases())).unwrap();

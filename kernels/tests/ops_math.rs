@@ -82,7 +82,7 @@ fn expf_matches_glibc_sampled() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "exhaustive over all 2^32 inputs (minutes); run with --ignored"]
 fn expf_matches_glibc_exhaustive() {
     if !glibc_expf_is_mirrored() {
         return;
@@ -120,7 +120,7 @@ fn sqrt_matches_hardware_sampled() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "exhaustive over all 2^32 inputs (minutes); run with --ignored"]
 fn sqrt_matches_hardware_exhaustive() {
     check_range(step_from_env(), "sqrt", math::sqrt, f32::sqrt);
 }
