@@ -564,6 +564,10 @@ pub enum MapMode {
     /// Serve every non-resident op from a map of the file, releasing each unit's pages (from
     /// the process and the page cache) after use: a plain mmap loader held to the budget.
     Released,
+    /// Serve every non-resident op from a map of the file and leave the pages to the kernel:
+    /// the loader llama.cpp-style engines use, held to a budget only by what limits the
+    /// process from outside (a memory cgroup), whose reclaim then evicts pages.
+    Plain,
 }
 
 /// Streaming of a `.m` model on a single node: which ops stream and the feed that serves them.
@@ -650,7 +654,9 @@ impl ModelStreaming {
                         range: (range.start - unit.range.start) as usize
                             ..(range.end - unit.range.start) as usize,
                     },
-                    MapMode::Released => OpSource::Mapped(range.start as usize..range.end as usize),
+                    MapMode::Released | MapMode::Plain => {
+                        OpSource::Mapped(range.start as usize..range.end as usize)
+                    }
                 };
             }
         }

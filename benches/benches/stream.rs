@@ -85,10 +85,13 @@ fn child(mode: &str) {
     let node = &graph.nodes[0];
     let mut options = StreamingOptions::new(budget);
     options.overlap = mode != "serial";
-    let map = if mode == "mmap" {
-        MapMode::Released
-    } else {
-        MapMode::Off
+    if let Ok(cgroup) = std::env::var("AIRLLAMA_STREAM_CGROUP") {
+        join_cgroup(Path::new(&cgroup));
+    }
+    let map = match mode {
+        "mmap" => MapMode::Released,
+        "mmap-cgroup" => MapMode::Plain,
+        _ => MapMode::Off,
     };
     let mut s = ModelStreaming::plan(&path, node, &plan, &options, map).expect("streaming plan");
     let exec_options = ExecutorOptions::new(Backend::detect(), threads);
@@ -182,12 +185,52 @@ fn field(line: &str, key: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A memory cgroup of its own for one child (v2 `memory.max`, or v1 `memory.limit_in_bytes`),
+/// or `None` where this process may not make one (not root, no memory controller).
+fn memory_cgroup(limit: u64) -> Option<PathBuf> {
+    let name = format!("airllama-stream-bench-{}", std::process::id());
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let (dir, limit_file) = if std::fs::read_to_string(v2).is_ok_and(|c| c.contains("memory")) {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+        (Path::new("/sys/fs/cgroup").join(name), "memory.max")
+    } else {
+        (
+            Path::new("/sys/fs/cgroup/memory").join(name),
+            "memory.limit_in_bytes",
+        )
+    };
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::create_dir(&dir).ok()?;
+    if std::fs::write(dir.join(limit_file), limit.to_string()).is_err() {
+        let _ = std::fs::remove_dir(&dir);
+        return None;
+    }
+    Some(dir)
+}
+
+/// Moves this process into `cgroup` (before it maps or allocates anything large).
+fn join_cgroup(cgroup: &Path) {
+    let pid = std::process::id().to_string();
+    let procs = if cgroup.join("cgroup.procs").exists() && cgroup.join("memory.max").exists() {
+        cgroup.join("cgroup.procs")
+    } else {
+        cgroup.join("tasks")
+    };
+    std::fs::write(&procs, pid).expect("join the memory cgroup");
+}
+
 fn run_child(mode: &str) -> String {
+    run_child_in(mode, None)
+}
+
+fn run_child_in(mode: &str, cgroup: Option<&Path>) -> String {
     let exe = std::env::current_exe().expect("exe");
-    let out = Command::new(exe)
-        .env("AIRLLAMA_STREAM_CHILD", mode)
-        .output()
-        .expect("child");
+    let mut command = Command::new(exe);
+    command.env("AIRLLAMA_STREAM_CHILD", mode);
+    if let Some(c) = cgroup {
+        command.env("AIRLLAMA_STREAM_CGROUP", c);
+    }
+    let out = command.output().expect("child");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let line = text
         .lines()
@@ -253,6 +296,20 @@ fn main() {
         let stream = run_child("stream");
         let serial = run_child("serial");
         let mmap = run_child("mmap");
+        // A plain map under a memory cgroup as large as the streaming run's peak RSS: the
+        // kernel's reclaim, not the loader, keeps it within the budget.
+        let limit = (field(&stream, "hwm_mb") * 1048576.0) as u64;
+        let cgroup = memory_cgroup(limit);
+        let mmap_cgroup = match &cgroup {
+            Some(c) => run_child_in("mmap-cgroup", Some(c)),
+            None => {
+                println!("mmap-cgroup: skipped (cannot create a memory cgroup here)");
+                String::new()
+            }
+        };
+        if let Some(c) = cgroup {
+            let _ = std::fs::remove_dir(c);
+        }
         let readonly = run_child("readonly");
         disks.extend(disk_bandwidth(&path));
         // The disk's speed drifts (and bursts after idle periods): compare with the mean of
@@ -261,7 +318,7 @@ fn main() {
         let disk_max = disks.iter().copied().fold(0.0, f64::max);
         let bw = |l: &str| field(l, "disk_bytes") / field(l, "wall_s") / 1e9;
         println!(
-            "SUMMARY rep={rep} disk_GBps={disk:.3} (max {disk_max:.3}) stream_tok_s={:.3} stream_GBps={:.3} ({:.0}% of disk) serial_tok_s={:.3} mmap_tok_s={:.3} mmap_GBps={:.3} stream/mmap={:.2}x stream/serial={:.2}x stream_hwm_MB={:.0} readonly_GBps={:.3} ({:.0}% of disk)",
+            "SUMMARY rep={rep} disk_GBps={disk:.3} (max {disk_max:.3}) stream_tok_s={:.3} stream_GBps={:.3} ({:.0}% of disk) serial_tok_s={:.3} mmap_tok_s={:.3} mmap_GBps={:.3} stream/mmap={:.2}x mmap_cgroup_tok_s={:.3} stream/mmap_cgroup={:.2}x stream/serial={:.2}x stream_hwm_MB={:.0} readonly_GBps={:.3} ({:.0}% of disk)",
             field(&stream, "tok_s"),
             bw(&stream),
             100.0 * bw(&stream) / disk,
@@ -269,6 +326,8 @@ fn main() {
             field(&mmap, "tok_s"),
             bw(&mmap),
             field(&stream, "tok_s") / field(&mmap, "tok_s"),
+            field(&mmap_cgroup, "tok_s"),
+            field(&stream, "tok_s") / field(&mmap_cgroup, "tok_s"),
             field(&stream, "tok_s") / field(&serial, "tok_s"),
             field(&stream, "hwm_mb"),
             bw(&readonly),
