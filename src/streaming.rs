@@ -134,6 +134,10 @@ pub struct StreamingOptions {
     pub spill_dir: PathBuf,
     /// Log each forward's streaming statistics (`--verbose`).
     pub verbose: bool,
+    /// Bytes per kernel read ([`airllama_io::stream::DEFAULT_CHUNK`]).
+    pub read_chunk: usize,
+    /// Kernel reads in flight ([`airllama_io::stream::DEFAULT_IN_FLIGHT`]).
+    pub read_depth: usize,
 }
 
 impl StreamingOptions {
@@ -146,6 +150,8 @@ impl StreamingOptions {
             overlap: true,
             spill_dir: std::env::temp_dir(),
             verbose: false,
+            read_chunk: airllama_io::stream::DEFAULT_CHUNK,
+            read_depth: airllama_io::stream::DEFAULT_IN_FLIGHT,
         }
     }
 }
@@ -679,6 +685,8 @@ impl ModelStreaming {
             let mut o = StreamOptions::new(residency.n_slots, residency.slot_size as usize);
             o.direct = options.direct;
             o.engine = options.engine;
+            o.chunk_size = options.read_chunk;
+            o.max_in_flight = options.read_depth;
             Some(StreamReader::open(path, &o)?)
         };
         let release_map = (map_mode == MapMode::Released).then(|| streamed.clone());
@@ -865,6 +873,8 @@ impl SpillFile {
         let mut o = StreamOptions::new(self.residency.n_slots, self.residency.slot_size as usize);
         o.direct = options.direct;
         o.engine = options.engine;
+        o.chunk_size = options.read_chunk;
+        o.max_in_flight = options.read_depth;
         let reader = StreamReader::open(&self.path, &o);
         let _ = std::fs::remove_file(&self.path);
         let reader = reader?;

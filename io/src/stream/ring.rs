@@ -122,7 +122,7 @@ impl PoolMemory {
     }
 
     /// Returns slot `index` to the free list.
-    fn check_in(&self, index: usize) {
+    pub(crate) fn check_in(&self, index: usize) {
         self.free
             .lock()
             .unwrap_or_else(|p| p.into_inner())
