@@ -5,7 +5,7 @@
 //! [`Q80Block`], [`Q40Block`]) and SIMD loads see the alignment dllama's `posix_memalign(64)`
 //! gives. Typed views go through `bytemuck`, which checks alignment and length instead of
 //! trusting them.
-use airllama_kernels::block::{Q40Block, Q80Block};
+use airllama_kernels::block::{BLOCK_SIZE, Q40Block, Q80Block};
 use bytemuck::{Pod, Zeroable};
 
 use super::ExecutorError;
@@ -65,16 +65,22 @@ impl Slab {
 pub(crate) trait Element: Pod {
     /// Name used in errors.
     const NAME: &'static str;
+    /// Values one element holds (1 for `f32`, a block's worth for the quantized blocks): what
+    /// lines up rows of different element types value for value.
+    const VALUES: usize;
 }
 
 impl Element for f32 {
     const NAME: &'static str = "f32";
+    const VALUES: usize = 1;
 }
 impl Element for Q80Block {
     const NAME: &'static str = "Q80 blocks";
+    const VALUES: usize = BLOCK_SIZE;
 }
 impl Element for Q40Block {
     const NAME: &'static str = "Q40 blocks";
+    const VALUES: usize = BLOCK_SIZE;
 }
 
 /// `bytes` as a slice of `T` (whole elements only; a trailing partial element is an error).

@@ -5,17 +5,18 @@
 //! ([`SplitMut`]) cut exactly as dllama's `SPLIT_THREADS` cuts it, so SIMD loops and their
 //! scalar tails start and end where dllama's do. Ops whose bits do not depend on the split and
 //! that cost next to nothing (copies, SHIFT, MOE_GATE) run on the calling thread.
+use std::ops::Range;
 use std::sync::Mutex;
 
 use airllama_kernels::backend::Backend;
-use airllama_kernels::block::{BLOCK_SIZE, Q40Block, Q80Block};
+use airllama_kernels::block::{BLOCK_SIZE, FloatType, Q40Block, Q80Block};
 use airllama_kernels::matmul::{MatmulOrder, matmul_f32, matmul_order, matmul_q80_q40};
 use airllama_kernels::ops;
 use airllama_kernels::parallel::{Part, Split, SplitMut, ThreadPool};
 use airllama_kernels::quant::{dequantize_q80, quantize_q80};
 
 use super::ExecutorError;
-use super::memory::{Slab, view, view_mut};
+use super::memory::{Element, Slab, view, view_mut};
 use super::plan::{Experts, Kernel, OpPlan, View};
 
 /// What an op's forward may touch besides its own plan.
@@ -128,6 +129,8 @@ fn work(op: &OpPlan, batch: usize) -> usize {
             ..
         } => batch * n_heads0 * head_dim * seq_len,
         Kernel::Silu | Kernel::Gelu | Kernel::Softmax => rows(o) * o.x * 16,
+        // A copy's bits do not depend on the split: it stays on the calling thread.
+        Kernel::CastCopy => 0,
         _ => rows(o) * o.x,
     }
 }
@@ -176,6 +179,49 @@ fn split<'a, T>(
     n: usize,
 ) -> Result<SplitMut<'a, T>, ExecutorError> {
     SplitMut::new(data, geometry, n).map_err(|e| failed(op, format!("split: {e}")))
+}
+
+/// The per-row kernel of a [`row_op`]: `(row, columns, input, output)`.
+type RowKernel<'k, In, Out> = dyn Fn(usize, Range<usize>, &[In], &mut [Out]) + Sync + 'k;
+
+/// A row op: each of the first `rows` rows of `op.output` whose batch item is below `batch`
+/// becomes `kernel` of the same row of `op.input` (dllama's `for z { for y < batchSize }` loops
+/// of CAST, REPEAT_Z's first plane and RMS_NORM over a Q80 input).
+///
+/// Every output row is cut between threads as dllama's per-row `SPLIT_THREADS` cuts it, in items
+/// that hold whole elements of both types (one Q80 block when one side is Q80 and the other
+/// `f32`, one element when both are of one type). The kernel gets the row index, this thread's
+/// columns of the row (relative to the view's window, in output elements), the input elements
+/// holding the same values, and the output elements to write.
+fn row_op<In: Element + Sync, Out: Element + Send>(
+    op: &OpPlan,
+    pool: &mut ThreadPool,
+    out: &mut Slab,
+    inp: &Slab,
+    rows: usize,
+    batch: usize,
+    kernel: &RowKernel<'_, In, Out>,
+) -> Result<(), ExecutorError> {
+    let (i, o) = (&op.input, &op.output);
+    let inp = view::<In>(inp.bytes())?;
+    let unit = (In::VALUES / Out::VALUES).max(1);
+    let n = pool.n_threads();
+    let s = split(
+        op,
+        view_mut::<Out>(out.bytes_mut())?,
+        columns(o, rows, unit),
+        n,
+    )?;
+    let inline = work(op, batch) < PARALLEL_MIN_WORK;
+    run_parts(pool, inline, op, Failure::default(), &s, &|mut part, _| {
+        let r = rel(&part, o);
+        let values = r.start * Out::VALUES / In::VALUES..r.end * Out::VALUES / In::VALUES;
+        for (row, out_row) in part.rows_mut(rows) {
+            if active(o, row, batch) {
+                kernel(row, r.clone(), &inp[i.row(row)][values.clone()], out_row);
+            }
+        }
+    })
 }
 
 /// Runs one op for `ctx.batch` batch items.
@@ -366,20 +412,8 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let weight = view::<f32>(ctx.weight)?;
             let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
             let inv = view::<f32>(inv.bytes())?;
-            let inp = view::<Q80Block>(inp.bytes())?;
-            let s = split(
-                op,
-                view_mut::<f32>(out.bytes_mut())?,
-                columns(&o, batch, BLOCK_SIZE),
-                n,
-            )?;
-            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
-                let r = rel(&part, &o);
-                for (y, row) in part.rows_mut(batch) {
-                    let in_row = &inp[i.row(y)];
-                    let blocks = &in_row[r.start / BLOCK_SIZE..r.end / BLOCK_SIZE];
-                    ops::rms_norm_q80(backend, row, blocks, &weight[r.clone()], inv[y]);
-                }
+            row_op::<Q80Block, f32>(op, ctx.pool, out, inp, batch, batch, &|y, r, x, row| {
+                ops::rms_norm_q80(backend, row, x, &weight[r], inv[y]);
             })
         }
         Kernel::MatmulF32 {
@@ -613,46 +647,24 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
         }
         Kernel::CastCopy => {
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
-            let size = if o.float_type == airllama_kernels::block::FloatType::Q80 {
-                34
+            let rows = o.rows();
+            if o.float_type == FloatType::Q80 {
+                row_op::<Q80Block, Q80Block>(op, ctx.pool, out, inp, rows, batch, &|_, _, x, y| {
+                    y.copy_from_slice(x)
+                })
             } else {
-                4
-            };
-            let (out, inp) = (out.bytes_mut(), inp.bytes());
-            for r in (0..o.rows()).filter(|&r| active(&o, r, batch)) {
-                let (dst, src) = (o.row(r), i.row(r));
-                out[dst.start * size..dst.end * size]
-                    .copy_from_slice(&inp[src.start * size..src.end * size]);
+                row_op::<f32, f32>(op, ctx.pool, out, inp, rows, batch, &|_, _, x, y| {
+                    y.copy_from_slice(x)
+                })
             }
-            Ok(())
         }
         Kernel::CastQuantize | Kernel::RepeatZ => {
             let repeat = matches!(op.kernel, Kernel::RepeatZ);
             let rows = if repeat { batch } else { o.rows() };
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
-            let inp = view::<f32>(inp.bytes())?;
-            {
-                let s = split(
-                    op,
-                    view_mut::<Q80Block>(out.bytes_mut())?,
-                    columns(&o, rows, 1),
-                    n,
-                )?;
-                run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
-                    let r = rel(&part, &o);
-                    for (row_index, row) in part.rows_mut(rows) {
-                        if !active(&o, row_index, batch) {
-                            continue;
-                        }
-                        let in_row = &inp[i.row(row_index)];
-                        quantize_q80(
-                            backend,
-                            &in_row[r.start * BLOCK_SIZE..r.end * BLOCK_SIZE],
-                            row,
-                        );
-                    }
-                })?;
-            }
+            row_op::<f32, Q80Block>(op, ctx.pool, out, inp, rows, batch, &|_, _, x, y| {
+                quantize_q80(backend, x, y)
+            })?;
             if repeat {
                 let out = view_mut::<Q80Block>(out.bytes_mut())?;
                 for z in 1..o.z {
@@ -666,27 +678,8 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
         }
         Kernel::CastDequantize => {
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
-            let inp = view::<Q80Block>(inp.bytes())?;
-            let rows = o.rows();
-            let s = split(
-                op,
-                view_mut::<f32>(out.bytes_mut())?,
-                columns(&o, rows, BLOCK_SIZE),
-                n,
-            )?;
-            run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
-                let r = rel(&part, &o);
-                for (row_index, row) in part.rows_mut(rows) {
-                    if !active(&o, row_index, batch) {
-                        continue;
-                    }
-                    let in_row = &inp[i.row(row_index)];
-                    dequantize_q80(
-                        backend,
-                        &in_row[r.start / BLOCK_SIZE..r.end / BLOCK_SIZE],
-                        row,
-                    );
-                }
+            row_op::<Q80Block, f32>(op, ctx.pool, out, inp, o.rows(), batch, &|_, _, x, y| {
+                dequantize_q80(backend, x, y)
             })
         }
         Kernel::Shift { positions } => {
@@ -787,14 +780,8 @@ fn matmul(
     let (i, o) = (op.input, op.output);
     let threads = pool.n_threads();
     let (weight_type, input_type) = match weights {
-        MatWeights::F32(_) => (
-            airllama_kernels::block::FloatType::F32,
-            airllama_kernels::block::FloatType::F32,
-        ),
-        MatWeights::Q40(_) => (
-            airllama_kernels::block::FloatType::Q40,
-            airllama_kernels::block::FloatType::Q80,
-        ),
+        MatWeights::F32(_) => (FloatType::F32, FloatType::F32),
+        MatWeights::Q40(_) => (FloatType::Q40, FloatType::Q80),
     };
     // Items (values or blocks) per weight row and per expert plane.
     let per_row = match weights {
