@@ -6,9 +6,10 @@
 //! net config and its node config, then walks the weight plan of [`WeightPlan`] (itself read
 //! off `airllama_io`'s layout table): whole tensors to every node, row and column slices, MoE
 //! experts at their offsets, in dllama's order. The root's own slices are read from the file
-//! straight into its [`Executor`]'s weight storage; a worker's slice is read into one reused
-//! buffer and written to its connection. The root runs node 0's config — the embedding, its
-//! slice of every layer, its slice of the logits — with the same executor a worker uses.
+//! straight into its [`Executor`]'s weight storage; a worker's slice is read in chunks of at
+//! most 1 MiB into one reused buffer and written to its connection. The root runs node 0's
+//! config — the embedding, its slice of every layer, its slice of the logits — with the same
+//! executor a worker uses.
 //!
 //! [`Root::forward`] is `RootLlmInference::forward`: the control packet to every worker, the
 //! token ids into the `TOK` pipe, then the executor's segments with their syncs over the
@@ -24,11 +25,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airllama_io::layout::{LayoutError, ModelLayout};
+use airllama_io::layout::{LayoutError, ModelLayout, TensorRole};
 use airllama_io::model::{ModelConfig, ModelHeader, ReadModelHeaderError};
 use airllama_kernels::backend::Backend;
 use airllama_net::transport::{NetError, Network};
-use airllama_net::{ControlPacket, PeerAddress, SyncStep};
+use airllama_net::{ControlPacket, PeerAddress, SyncStep, WeightMessage};
 
 use crate::executor::{Executor, ExecutorError, ExecutorOptions, NoSync, Synchronizer, WeightFeed};
 use crate::graph::{
@@ -36,7 +37,8 @@ use crate::graph::{
     check_dllama_root_limits,
 };
 use crate::streaming::{
-    MapMode, ModelStreaming, StreamStats, StreamingError, StreamingOptions, WeightStreamer,
+    MapMode, ModelStreaming, SpillFile, StreamStats, StreamingError, StreamingOptions,
+    WeightStreamer, op_number,
 };
 
 /// How the root runs.
@@ -299,6 +301,94 @@ fn read_ranges(
     Ok(())
 }
 
+/// Most bytes a weight record is read in at a time when it is not read straight into the
+/// executor (a worker's slice on its way to the socket, a spilled slice on its way to the spill
+/// file): loading the weights needs no buffer the size of a tensor.
+const LOAD_CHUNK: usize = 1 << 20;
+
+/// Reads `ranges` of `file` in order and hands their concatenation, `n_bytes` long, to `sink`
+/// in pieces of at most `chunk_len` bytes, each with its offset in the concatenation. `chunk`
+/// is the reused read buffer: it grows to `min(chunk_len, n_bytes)` at most.
+fn copy_ranges<S>(
+    file: &File,
+    path: &Path,
+    ranges: impl Iterator<Item = std::ops::Range<u64>>,
+    n_bytes: u64,
+    chunk: &mut Vec<u8>,
+    chunk_len: usize,
+    mut sink: S,
+) -> Result<(), RootError>
+where
+    S: FnMut(u64, &[u8]) -> Result<(), RootError>,
+{
+    let read_err = |offset: u64, source: std::io::Error| RootError::ReadModel {
+        path: path.to_path_buf(),
+        offset,
+        source,
+    };
+    let want = usize::try_from(n_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(1, chunk_len.max(1));
+    if chunk.len() < want {
+        chunk.resize(want, 0);
+    }
+    let (mut flushed, mut filled) = (0u64, 0usize);
+    for range in ranges {
+        let mut at = range.start;
+        while at < range.end {
+            let n = (range.end - at).min((want - filled) as u64) as usize;
+            if flushed + (filled + n) as u64 > n_bytes {
+                return Err(read_err(
+                    at,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "slice larger than its planned size",
+                    ),
+                ));
+            }
+            file.read_exact_at(&mut chunk[filled..filled + n], at)
+                .map_err(|source| read_err(at, source))?;
+            filled += n;
+            at += n as u64;
+            if filled == want {
+                sink(flushed, &chunk[..filled])?;
+                flushed += filled as u64;
+                filled = 0;
+            }
+        }
+    }
+    if filled > 0 {
+        sink(flushed, &chunk[..filled])?;
+        flushed += filled as u64;
+    }
+    if flushed != n_bytes {
+        return Err(read_err(
+            0,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("slice of {flushed} bytes, planned {n_bytes}"),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the root keeps its own weights under `--mem-budget`.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per Root::open, on the stack while the weights load"
+)]
+enum OwnWeights<'a> {
+    /// Every weight in the executor (no budget, or everything fits).
+    Resident,
+    /// One node: each op's weight is one range of the model file, streamed from there.
+    Model(ModelStreaming),
+    /// A root with workers: its slices are strided in the model file, so the streamed ones
+    /// are copied into a spill file while the weights are distributed, then streamed from it
+    /// (the embedding table is mapped from the model file). With the options to finish it.
+    Spill(SpillFile, &'a StreamingOptions),
+}
+
 impl Root {
     /// Reads the model header, connects to the workers, sends the configs and distributes the
     /// weights, as dllama's root does before its first forward.
@@ -309,8 +399,14 @@ impl Root {
         Root::open_streaming(options, None, events)
     }
 
-    /// As [`Root::open`], keeping the weights within `streaming.mem_budget` (`--mem-budget`):
-    /// the layers that do not fit are streamed from the model file each forward.
+    /// As [`Root::open`], keeping the root's own weights within `streaming.mem_budget`
+    /// (`--mem-budget`): the layers that do not fit are streamed each forward. On one node they
+    /// stream straight from the model file. With workers the root's slices are strided in the
+    /// file, so, as a worker does, it copies the slices of the streamed layers into a spill file
+    /// under `streaming.spill_dir` while it distributes the weights and streams them back from
+    /// there (the file is unlinked once open, and its space freed when the root is dropped);
+    /// the embedding table is mapped from the model file. The bytes sent to the workers are
+    /// the same either way.
     pub fn open_streaming(
         options: &RootOptions,
         streaming: Option<&StreamingOptions>,
@@ -360,31 +456,48 @@ impl Root {
             n_threads: options.n_threads,
             max_memory: options.max_memory,
         };
-        let streaming = match streaming {
-            Some(s) if n_nodes == 1 => Some(ModelStreaming::plan(
+        let own_node = &graph.nodes[0];
+        let mut own = match streaming {
+            Some(s) if n_nodes == 1 => OwnWeights::Model(ModelStreaming::plan(
                 &path,
-                &graph.nodes[0],
+                own_node,
                 &plan,
                 s,
                 MapMode::Off,
             )?),
-            Some(_) => {
-                return Err(StreamingError::Plan(
-                    "a root with workers cannot stream yet; give each worker its own --mem-budget"
-                        .into(),
-                )
-                .into());
+            Some(s) => {
+                // The embedding table is one whole tensor of the file on the root: mapped.
+                let mut mapped = Vec::new();
+                for load in plan.node_loads(0) {
+                    if load.role == TensorRole::Embedding
+                        && load.bytes.is_contiguous()
+                        && load.target.offset == 0
+                        && let Some(op) = op_number(own_node, &load.target)
+                    {
+                        mapped.push((op, load.bytes.start..load.bytes.end()));
+                    }
+                }
+                match SpillFile::create_with_mapped(own_node, s, &path, mapped)? {
+                    Some(spill) => OwnWeights::Spill(spill, s),
+                    None => OwnWeights::Resident,
+                }
             }
-            None => None,
+            None => OwnWeights::Resident,
         };
-        let mut executor = match &streaming {
-            Some(s) => Executor::with_streamed_weights(
+        let mut executor = match &own {
+            OwnWeights::Resident => Executor::new(&graph.net, own_node, &exec_options)?,
+            OwnWeights::Model(s) => Executor::with_streamed_weights(
                 &graph.net,
-                &graph.nodes[0],
+                own_node,
                 &exec_options,
                 &s.streamer.streamed_ops(),
             )?,
-            None => Executor::new(&graph.net, &graph.nodes[0], &exec_options)?,
+            OwnWeights::Spill(s, _) => Executor::with_streamed_weights(
+                &graph.net,
+                own_node,
+                &exec_options,
+                s.streamed_ops(),
+            )?,
         };
 
         let workers_text = address_list(&options.workers);
@@ -428,25 +541,46 @@ impl Root {
         events(RootEvent::LoadingWeights { total });
         let started = Instant::now();
         let mut done = 0u64;
-        let mut buffer: Vec<u8> = Vec::new();
+        // The read buffer of the records that do not go straight into the executor. Under a
+        // budget it takes no more than what the resident weights leave of it (where the ring
+        // goes once the weights are loaded), so loading stays within the budget too; never
+        // under 64 KiB, which would only multiply the syscalls.
+        let mut chunk: Vec<u8> = Vec::new();
+        let chunk_len = match &own {
+            OwnWeights::Spill(spill, s) => {
+                let left = s.mem_budget.saturating_sub(spill.plan().resident_bytes);
+                LOAD_CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX).max(64 << 10))
+            }
+            _ => LOAD_CHUNK,
+        };
         for load in plan.loads() {
-            let n_bytes =
-                usize::try_from(load.header.n_bytes).map_err(|_| RootError::WeightPlan {
-                    path: path.clone(),
-                    source: WeightPlanError::FileTooShort {
-                        needed: load.bytes.end(),
-                        actual: file_size,
-                    },
-                })?;
             if load.node == 0 {
-                // Streamed ops are read each forward instead.
-                if streaming
-                    .as_ref()
-                    .is_none_or(|s| s.is_resident(&graph.nodes[0], &load.target))
-                {
+                let resident = match &own {
+                    OwnWeights::Resident => true,
+                    OwnWeights::Model(s) => s.is_resident(own_node, &load.target),
+                    // A target that names no op is left to the executor to reject.
+                    OwnWeights::Spill(s, _) => {
+                        op_number(own_node, &load.target).is_none_or(|op| !s.streamed_ops()[op])
+                    }
+                };
+                if resident {
                     let dst = executor.weight_mut(&load.target)?;
                     read_ranges(&file, &path, load.bytes.ranges(), dst)?;
+                } else if let OwnWeights::Spill(spill, _) = &mut own
+                    && let Some(op) = spill.spills(own_node, &load.target)
+                {
+                    let base = load.target.offset;
+                    copy_ranges(
+                        &file,
+                        &path,
+                        load.bytes.ranges(),
+                        load.header.n_bytes,
+                        &mut chunk,
+                        chunk_len,
+                        |at, bytes| Ok(spill.write(op, base + at, bytes)?),
+                    )?;
                 }
+                // Otherwise streamed or mapped from the model file each forward.
             } else {
                 let network = network.as_mut().ok_or_else(|| RootError::WeightPlan {
                     path: path.clone(),
@@ -455,23 +589,36 @@ impl Root {
                         n_nodes,
                     },
                 })?;
-                buffer.resize(n_bytes, 0);
-                read_ranges(&file, &path, load.bytes.ranges(), &mut buffer)?;
+                // The record as `Network::send_weight` writes it, its data in chunks.
                 let connection = load.node - 1;
+                let mut header = Vec::new();
+                WeightMessage::Record(load.header.clone()).encode(&mut header);
                 network
-                    .send_weight(
-                        connection,
-                        &load.header.name,
-                        load.header.op_index,
-                        load.header.offset,
-                        &buffer,
-                    )
+                    .write(connection, &header)
                     .map_err(worker_err(connection, "sending weights"))?;
+                copy_ranges(
+                    &file,
+                    &path,
+                    load.bytes.ranges(),
+                    load.header.n_bytes,
+                    &mut chunk,
+                    chunk_len,
+                    |_, bytes| {
+                        network
+                            .write(connection, bytes)
+                            .map_err(worker_err(connection, "sending weights"))
+                    },
+                )?;
             }
             done += load.header.n_bytes;
             events(RootEvent::Progress(LoadProgress { done, total }));
         }
-        drop(buffer);
+        drop(chunk);
+        let streamer = match own {
+            OwnWeights::Resident => None,
+            OwnWeights::Model(s) => Some(s.streamer),
+            OwnWeights::Spill(spill, s) => Some(spill.finish(s)?),
+        };
         if let Some(network) = network.as_mut() {
             for connection in 0..network.n_connections() {
                 network
@@ -503,7 +650,7 @@ impl Root {
             network,
             workers: options.workers.clone(),
             last_position: 0,
-            streamer: streaming.map(|s| s.streamer),
+            streamer,
         })
     }
 
@@ -830,4 +977,59 @@ pub fn prefill(
         });
     }
     Ok(start + done as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strided ranges cut into chunks smaller than a range, and chunks spanning ranges, give
+    /// back the ranges' bytes in order at the right offsets; a plan that disagrees with the
+    /// ranges' total is an error.
+    #[test]
+    fn copy_ranges_hands_over_bounded_chunks_in_order() {
+        let path = std::env::temp_dir().join(format!("airllama-copy-{}", std::process::id()));
+        let content: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let file = File::open(&path).unwrap();
+        let range = airllama_io::layout::StridedRange::strided(10, 100, 30, 9);
+        let expected: Vec<u8> = range
+            .ranges()
+            .flat_map(|r| content[r.start as usize..r.end as usize].to_vec())
+            .collect();
+        for chunk_len in [1, 7, 30, 31, 64, 270, 4096] {
+            let (mut got, mut chunk) = (Vec::new(), Vec::new());
+            copy_ranges(
+                &file,
+                &path,
+                range.ranges(),
+                270,
+                &mut chunk,
+                chunk_len,
+                |at, b| {
+                    assert_eq!(at, got.len() as u64);
+                    assert!(b.len() <= chunk_len);
+                    got.extend_from_slice(b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(got, expected, "chunks of {chunk_len}");
+            assert!(chunk.len() <= chunk_len.min(270));
+        }
+        let mut chunk = Vec::new();
+        for planned in [269, 271] {
+            let r = copy_ranges(
+                &file,
+                &path,
+                range.ranges(),
+                planned,
+                &mut chunk,
+                64,
+                |_, _| Ok(()),
+            );
+            assert!(matches!(r, Err(RootError::ReadModel { .. })), "{planned}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -18,7 +18,9 @@
 //!   per token) is served from a read-only map instead of being streamed whole.
 //! - weights that arrive over the network (a worker fed by a root, [`SpillFile`]): streamed
 //!   ops are written to a file under `--spill-dir` as they arrive, laid out unit by unit in
-//!   the node's op order, then streamed back the same way.
+//!   the node's op order, then streamed back the same way. A root with workers does the same
+//!   with its own slices, which are strided in the `.m` file, as it reads them to distribute
+//!   the weights ([`SpillFile::create_with_mapped`]; the embedding table is mapped).
 use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Range;
@@ -130,7 +132,8 @@ pub struct StreamingOptions {
     /// Submit the next units' reads before the current unit computes. Off = read each unit only
     /// when its first op needs it (read-then-compute; for comparison).
     pub overlap: bool,
-    /// Where a worker spills weights it receives over the network.
+    /// Where a worker spills weights it receives over the network (and a root with workers
+    /// its own slices).
     pub spill_dir: PathBuf,
     /// Log each forward's streaming statistics (`--verbose`).
     pub verbose: bool,
@@ -728,6 +731,16 @@ pub struct SpillFile {
     residency: ResidencyPlan,
     streamed_ops: Vec<bool>,
     len: u64,
+    /// Ops served from a read-only map of a model file instead (a root's embedding table).
+    mapped: Option<MappedOps>,
+}
+
+/// Ops of a [`SpillFile`]'s node served from a map of the model file.
+#[derive(Debug)]
+struct MappedOps {
+    model: PathBuf,
+    /// `(op, byte range of its weight in the model)`.
+    ops: Vec<(usize, Range<u64>)>,
 }
 
 impl SpillFile {
@@ -737,6 +750,50 @@ impl SpillFile {
         node: &NodeConfig,
         options: &StreamingOptions,
     ) -> Result<Option<SpillFile>, StreamingError> {
+        SpillFile::create_inner(node, options, None)
+    }
+
+    /// As [`SpillFile::create`] for a root with workers, whose own slices are strided in the
+    /// model file and so cannot be streamed from it: the ops in `mapped` (op, byte range of
+    /// `model`) are served from a read-only map of the model instead of being spilled, neither
+    /// held nor counted against the budget. That is for the embedding table, of which a forward
+    /// reads one row per token; spilling it would make its unit (and so every ring slot) as
+    /// large as the whole table. A spill file is returned whenever `mapped` is not empty, even
+    /// when everything else fits (it then holds no unit).
+    pub fn create_with_mapped(
+        node: &NodeConfig,
+        options: &StreamingOptions,
+        model: &Path,
+        mapped: Vec<(usize, Range<u64>)>,
+    ) -> Result<Option<SpillFile>, StreamingError> {
+        let sizes = node_ops(node);
+        for (op, range) in &mapped {
+            let size = sizes.get(*op).map(|o| o.2);
+            if size != Some(range.end.saturating_sub(range.start)) {
+                return Err(StreamingError::Plan(format!(
+                    "mapped op {op}: {} bytes at {} are not its whole weight ({size:?} bytes)",
+                    range.end.saturating_sub(range.start),
+                    range.start
+                )));
+            }
+        }
+        let mapped = MappedOps {
+            model: model.to_path_buf(),
+            ops: mapped,
+        };
+        SpillFile::create_inner(node, options, Some(mapped))
+    }
+
+    fn create_inner(
+        node: &NodeConfig,
+        options: &StreamingOptions,
+        mapped: Option<MappedOps>,
+    ) -> Result<Option<SpillFile>, StreamingError> {
+        let is_mapped = |op: usize| {
+            mapped
+                .as_ref()
+                .is_some_and(|m| m.ops.iter().any(|(o, _)| *o == op))
+        };
         let ops = node_ops(node);
         // Lay every weighted op out as if all streamed: units start block-aligned, ops inside
         // a unit 64-byte aligned; then plan residency on those ranges.
@@ -744,7 +801,7 @@ impl SpillFile {
         let mut laid = Vec::new();
         let mut last_layer = None;
         for (op, layer, bytes) in &ops {
-            if *bytes == 0 {
+            if *bytes == 0 || is_mapped(*op) {
                 continue;
             }
             if last_layer != Some(*layer) {
@@ -758,13 +815,16 @@ impl SpillFile {
         }
         let units = group_units(&laid);
         let residency = plan_residency(&units, 0, options.mem_budget, SPILL_ALIGN)?;
-        if residency.n_slots == 0 {
+        if residency.n_slots == 0 && mapped.as_ref().is_none_or(|m| m.ops.is_empty()) {
             return Ok(None);
         }
         // Compact: only streamed units go to the file.
         let mut place = vec![None; ops.len()];
         let mut streamed_units = Vec::new();
         let mut streamed_ops = vec![false; ops.len()];
+        for (op, _) in mapped.iter().flat_map(|m| &m.ops) {
+            streamed_ops[*op] = true;
+        }
         let mut at = 0u64;
         for (u, unit) in units.iter().enumerate() {
             if residency.resident[u] {
@@ -816,6 +876,7 @@ impl SpillFile {
             residency,
             streamed_ops,
             len: at,
+            mapped,
         }))
     }
 
@@ -836,7 +897,7 @@ impl SpillFile {
 
     /// Whether `target`'s op streams (its data goes to [`SpillFile::write`]).
     pub fn spills(&self, node: &NodeConfig, target: &WeightTarget) -> Option<usize> {
-        op_number(node, target).filter(|op| self.streamed_ops.get(*op) == Some(&true))
+        op_number(node, target).filter(|op| self.place.get(*op).is_some_and(Option::is_some))
     }
 
     /// Writes `data`, the bytes at `offset` of op `op`'s weight.
@@ -870,15 +931,38 @@ impl SpillFile {
         };
         self.file.sync_data().map_err(spill_err)?;
         drop_cache(&self.file, 0..self.len).map_err(spill_err)?;
-        let mut o = StreamOptions::new(self.residency.n_slots, self.residency.slot_size as usize);
-        o.direct = options.direct;
-        o.engine = options.engine;
-        o.chunk_size = options.read_chunk;
-        o.max_in_flight = options.read_depth;
-        let reader = StreamReader::open(&self.path, &o);
+        // With only mapped ops (everything else fits) there is nothing to read back.
+        let reader = if self.units.is_empty() {
+            None
+        } else {
+            let mut o =
+                StreamOptions::new(self.residency.n_slots, self.residency.slot_size as usize);
+            o.direct = options.direct;
+            o.engine = options.engine;
+            o.chunk_size = options.read_chunk;
+            o.max_in_flight = options.read_depth;
+            Some(StreamReader::open(&self.path, &o))
+        };
         let _ = std::fs::remove_file(&self.path);
-        let reader = reader?;
+        let reader = reader.transpose()?;
         let mut sources = vec![OpSource::Resident; self.place.len()];
+        let map = match &self.mapped {
+            Some(MappedOps { model, ops }) if !ops.is_empty() => {
+                for (op, range) in ops {
+                    let range = usize::try_from(range.start)
+                        .and_then(|s| Ok(s..usize::try_from(range.end)?))
+                        .map_err(|_| StreamingError::Plan(format!("mapped op {op}: range")))?;
+                    sources[*op] = OpSource::Mapped(range);
+                }
+                Some(
+                    MappedFile::open(model).map_err(|source| StreamingError::Map {
+                        path: model.clone(),
+                        source,
+                    })?,
+                )
+            }
+            _ => None,
+        };
         let mut streamed = Vec::new();
         for (pos, unit) in self.units.iter().enumerate() {
             streamed.push(unit.range.clone());
@@ -891,8 +975,8 @@ impl SpillFile {
             }
         }
         Ok(WeightStreamer {
-            reader: Some(reader),
-            map: None,
+            reader,
+            map,
             streamed,
             sources,
             overlap: options.overlap,
@@ -1047,6 +1131,81 @@ mod tests {
             assert_eq!(stats.units_read, streamer.n_streamed_units() as u64);
         }
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_root_spill_file_maps_the_embedding_instead_of_spilling_it() {
+        use crate::graph::{GraphParams, LlmGraph, SyncFloatType};
+        use airllama_io::layout::ModelLayout;
+        let shape = synthetic::LlamaShape {
+            dim: 64,
+            hidden_dim: 128,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 64,
+            seq_len: 16,
+        };
+        let params = shape.params(airllama_kernels::block::FloatType::Q40);
+        let dir = std::env::temp_dir().join(format!("airllama-root-spill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("model.m");
+        let size = synthetic::write_model(&model, &params, 5).unwrap();
+        let header = params.to_header().unwrap();
+        let graph =
+            LlmGraph::build(&header, GraphParams::dllama(2, SyncFloatType::Q80, 0)).unwrap();
+        let layout = ModelLayout::new(&header, size).unwrap();
+        let plan = WeightPlan::new(&graph, &layout).unwrap();
+        let node = &graph.nodes[0];
+        let embedding = plan
+            .node_loads(0)
+            .find(|l| l.role == TensorRole::Embedding)
+            .expect("the root holds the embedding");
+        let op = op_number(node, &embedding.target).unwrap();
+        let range = embedding.bytes.start..embedding.bytes.end();
+        let mut options = StreamingOptions::new(1);
+        options.spill_dir = dir.clone();
+        options.direct = false;
+        let largest_layer: u64 = node
+            .ops()
+            .filter(|(_, _, op)| op.index == 1)
+            .map(|(_, _, op)| op.weight_size.n_bytes())
+            .sum();
+        options.mem_budget = largest_layer * 3 / 2 + 3 * SPILL_ALIGN;
+        // Part of the table is not a weight to map.
+        let short = vec![(op, range.start..range.end - 1)];
+        assert!(SpillFile::create_with_mapped(node, &options, &model, short).is_err());
+        let model_bytes = std::fs::read(&model).unwrap();
+        let table = &model_bytes[range.start as usize..range.end as usize];
+        let mapped = vec![(op, range.clone())];
+        let spill = SpillFile::create_with_mapped(node, &options, &model, mapped.clone())
+            .unwrap()
+            .unwrap();
+        assert!(spill.streamed_ops()[op], "not held by the executor");
+        assert_eq!(spill.spills(node, &embedding.target), None, "not spilled");
+        assert!(
+            spill
+                .units
+                .iter()
+                .all(|u| u.ops.iter().all(|(o, _)| *o != op))
+        );
+        assert!(!spill.units.is_empty());
+        let mut streamer = spill.finish(&options).unwrap();
+        assert!(streamer.n_streamed_units() >= shape.n_layers as usize);
+        streamer.begin_forward().unwrap();
+        assert_eq!(streamer.weight(op).unwrap(), table);
+        // Everything else fits: no unit streams, the table is still mapped.
+        options.mem_budget = 1 << 30;
+        let spill = SpillFile::create_with_mapped(node, &options, &model, mapped)
+            .unwrap()
+            .expect("a mapped op needs the streamer");
+        let mut streamer = spill.finish(&options).unwrap();
+        assert_eq!(streamer.n_streamed_units(), 0);
+        assert!(streamer.reader().is_none());
+        streamer.begin_forward().unwrap();
+        assert_eq!(streamer.weight(op).unwrap(), table);
+        assert_eq!(streamer.end_forward(), StreamStats::default());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!   sampled tokens must be the ones the C++ root sampled;
 //! * real `airllama worker` processes: the sampled tokens must be the C++ root's.
 //!
+//! Both also run with the root under a `--mem-budget` below two layers of its slice (streamed
+//! through a spill file): the bytes sent, and so the tokens, must not change.
+//!
 //! dllama's root feeds `inputTokens[nInputTokens]` (one past the prompt) at the last prompt
 //! position; airllama feeds the last prompt token. Where the two are the same id (every scenario
 //! but `llama-f32/2nodes-batch1`, checked from `input_tokens_by_position`) the whole session is
@@ -25,7 +28,10 @@ use std::time::Duration;
 use airllama::graph::SyncFloatType;
 use airllama::root::{Root, RootOptions, Step, generate, prefill};
 use airllama::sampler::Sampler;
+use airllama::streaming::StreamingOptions;
 use airllama::tokenizer::Tokenizer;
+use airllama_io::layout::ModelLayout;
+use airllama_io::model::ModelHeader;
 use airllama_kernels::backend::{Backend, Isa};
 use airllama_net::PeerAddress;
 use serde_json::Value;
@@ -294,7 +300,12 @@ fn backend_for(scenario: &str) -> Option<Backend> {
 /// received, and the root's sampled tokens.
 type Replayed = (Golden, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<u32>);
 
-fn replay_recorded(scenario: &str, feed: Feed, threads: usize) -> Option<Replayed> {
+fn replay_recorded(
+    scenario: &str,
+    feed: Feed,
+    threads: usize,
+    streaming: Option<&StreamingOptions>,
+) -> Option<Replayed> {
     let backend = backend_for(scenario)?;
     let g = load(scenario);
     let listeners: Vec<TcpListener> = (0..g.n_workers)
@@ -322,7 +333,10 @@ fn replay_recorded(scenario: &str, feed: Feed, threads: usize) -> Option<Replaye
         .collect();
     let mut root_options = options(&g, workers, backend);
     root_options.n_threads = threads;
-    let root = Root::open(&root_options, &mut |_| {}).expect("root opens");
+    let root = Root::open_streaming(&root_options, streaming, &mut |_| {}).expect("root opens");
+    if streaming.is_some() {
+        check_streams(&g, &root);
+    }
     let picks = run_root(&g, root, backend, feed);
     let got: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let expected: Vec<Vec<u8>> = (0..g.n_workers)
@@ -338,9 +352,16 @@ fn recorded_case(scenario: &str) {
 /// [`recorded_case`] with the root running `threads` threads per op (the recordings' root ran
 /// one; the bytes must not depend on it).
 fn recorded_case_threads(scenario: &str, threads: usize) {
-    let Some((g, got, expected, picks)) = replay_recorded(scenario, Feed::Generate, threads) else {
-        return;
-    };
+    recorded_case_with(scenario, threads, None);
+}
+
+/// [`recorded_case`], the root under `streaming`; returns the sampled tokens.
+fn recorded_case_with(
+    scenario: &str,
+    threads: usize,
+    streaming: Option<&StreamingOptions>,
+) -> Option<Vec<u32>> {
+    let (g, got, expected, picks) = replay_recorded(scenario, Feed::Generate, threads, streaming)?;
     let n = g.n_prompt_tokens;
     let ours_last = {
         let t = Tokenizer::load(&g.dir.parent().unwrap().join("tokenizer.t")).unwrap();
@@ -359,7 +380,7 @@ fn recorded_case_threads(scenario: &str, threads: usize) {
             }
         }
         check_picks(&g, scenario, &picks);
-        return;
+        return Some(picks);
     }
     // The one explained difference: the X row of the last prompt position.
     let (offset, _, batch) = *g
@@ -391,7 +412,8 @@ fn recorded_case_threads(scenario: &str, threads: usize) {
         n - 1
     );
     // With dllama's token at that position the whole session is byte-identical.
-    let (g, got, expected, picks) = replay_recorded(scenario, Feed::Dllama, threads).unwrap();
+    let (g, got, expected, picks) =
+        replay_recorded(scenario, Feed::Dllama, threads, streaming).unwrap();
     for w in 0..g.n_workers {
         if let Some(at) = first_difference(&got[w], &expected[w]) {
             panic!(
@@ -401,6 +423,7 @@ fn recorded_case_threads(scenario: &str, threads: usize) {
         }
     }
     check_picks(&g, scenario, &picks);
+    Some(picks)
 }
 
 /// A running `airllama worker`; killed on drop.
@@ -448,6 +471,11 @@ fn spawn_worker(isa_limit: Option<&str>) -> (WorkerProcess, u16) {
 }
 
 fn real_workers_case(scenario: &str) {
+    real_workers_case_with(scenario, None);
+}
+
+/// [`real_workers_case`], the root under `streaming`.
+fn real_workers_case_with(scenario: &str, streaming: Option<&StreamingOptions>) {
     let Some(backend) = backend_for(scenario) else {
         return;
     };
@@ -461,10 +489,208 @@ fn real_workers_case(scenario: &str) {
             port: *port,
         })
         .collect();
-    let root = Root::open(&options(&g, workers, backend), &mut |_| {}).expect("root opens");
+    let root = Root::open_streaming(&options(&g, workers, backend), streaming, &mut |_| {})
+        .expect("root opens");
+    if streaming.is_some() {
+        check_streams(&g, &root);
+    }
     let picks = run_root(&g, root, backend, Feed::Dllama);
     check_picks(&g, scenario, &picks);
     drop(procs);
+}
+
+/// The root's slice of one layer of the scenario's model (a node holds about `1 / n_nodes`
+/// of each layer) and the scenario's layer count.
+fn root_layer_slice(g: &Golden) -> (u64, u32) {
+    let bytes = std::fs::read(g.dir.parent().unwrap().join("model.m")).unwrap();
+    let header = ModelHeader::parse(&bytes).unwrap();
+    let layout = ModelLayout::new(&header, bytes.len() as u64).unwrap();
+    let layer = layout.layer_range(0).unwrap();
+    let n_nodes = g.n_workers as u64 + 1;
+    (
+        (layer.end - layer.start) / n_nodes,
+        header.config().n_layers,
+    )
+}
+
+/// `--mem-budget` below two layers of the root's slice (1.5 layers plus the spill file's
+/// alignment slack: one ring slot fits, two do not), spilling to a fresh folder of its own
+/// (`tag`) so a test can check what is left there.
+fn streaming_options(g: &Golden, tag: &str) -> StreamingOptions {
+    let (slice, _) = root_layer_slice(g);
+    let budget = slice * 3 / 2 + 3 * 4096;
+    assert!(budget < 2 * slice, "the budget must be below two layers");
+    let mut s = StreamingOptions::new(budget);
+    s.spill_dir = spill_dir(tag);
+    s
+}
+
+fn spill_dir(tag: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("root_replay_spill")
+        .join(tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The root really streams: one ring slot, every layer read back each forward.
+fn check_streams(g: &Golden, root: &Root) {
+    let s = root
+        .streamer()
+        .expect("the budget is below the root's weights");
+    let (_, n_layers) = root_layer_slice(g);
+    assert_eq!(s.plan().n_slots, 1, "{}", s.describe());
+    assert!(
+        s.n_streamed_units() >= n_layers as usize,
+        "{}",
+        s.describe()
+    );
+}
+
+/// Entries left in `dir` (spill files not removed).
+fn left_in(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// This process's open file descriptors on files under `dir` (unlinked ones included: the
+/// kernel names them `<path> (deleted)`).
+fn open_fds_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// Recorded workers, the root under a budget below two layers: the streams are the recorded
+/// ones and the tokens those of the same root without a budget; no spill file is left.
+fn recorded_case_streamed(scenario: &str) {
+    if backend_for(scenario).is_none() {
+        return;
+    }
+    let g = load(scenario);
+    let tag = scenario.replace('/', "-");
+    let streaming = streaming_options(&g, &tag);
+    let resident = recorded_case_with(scenario, 1, None).expect("runs");
+    let streamed = recorded_case_with(scenario, 1, Some(&streaming)).expect("runs");
+    assert_eq!(
+        streamed, resident,
+        "{scenario}: tokens differ under --mem-budget"
+    );
+    assert_eq!(left_in(&streaming.spill_dir), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn llama_q40_2nodes_root_streamed() {
+    recorded_case_streamed("llama-q40/2nodes");
+}
+
+#[test]
+fn llama_q40_3nodes_root_streamed() {
+    recorded_case_streamed("llama-q40/3nodes");
+}
+
+#[test]
+fn llama_f32_3nodes_root_streamed() {
+    recorded_case_streamed("llama-f32/3nodes");
+}
+
+#[test]
+fn qwen3_q40_2nodes_root_streamed() {
+    recorded_case_streamed("qwen3-q40/2nodes");
+}
+
+#[test]
+fn qwen3moe_q40_3nodes_root_streamed() {
+    recorded_case_streamed("qwen3moe-q40/3nodes");
+}
+
+#[test]
+fn qwen3moe_q40_2nodes_long_root_streamed() {
+    recorded_case_streamed("qwen3moe-q40/2nodes-long");
+}
+
+/// The root's spill file is unlinked as soon as the weights are in it and its space is held
+/// by the root alone: dropped with the root, and never left behind by a root that failed to
+/// start.
+#[test]
+fn root_spill_file_goes_with_the_root() {
+    let scenario = "llama-q40/2nodes";
+    let Some(backend) = backend_for(scenario) else {
+        return;
+    };
+    let g = load(scenario);
+    let streaming = streaming_options(&g, "lifetime");
+    let dir = streaming.spill_dir.clone();
+
+    // A worker that hangs up at once: the root fails after creating its spill file.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hang_up = std::thread::spawn(move || drop(listener.accept()));
+    let workers = vec![PeerAddress {
+        host: "127.0.0.1".into(),
+        port,
+    }];
+    let failed = Root::open_streaming(
+        &options(&g, workers, backend),
+        Some(&streaming),
+        &mut |_| {},
+    );
+    hang_up.join().unwrap();
+    assert!(failed.is_err(), "a worker that hung up");
+    assert_eq!(left_in(&dir), Vec::<PathBuf>::new());
+    assert_eq!(open_fds_under(&dir), 0);
+
+    // A root that started: the file is unlinked but open until the root goes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reply = std::fs::read(g.dir.join("w0_c0_root.from_worker.bin")).unwrap();
+    let worker = recorded_worker(listener, reply);
+    let workers = vec![PeerAddress {
+        host: "127.0.0.1".into(),
+        port,
+    }];
+    let root = Root::open_streaming(
+        &options(&g, workers, backend),
+        Some(&streaming),
+        &mut |_| {},
+    )
+    .expect("root opens");
+    check_streams(&g, &root);
+    assert_eq!(left_in(&dir), Vec::<PathBuf>::new(), "unlinked once open");
+    // (The reader may hold it twice: a direct and a buffered descriptor.)
+    assert!(open_fds_under(&dir) > 0, "held open by the root");
+    let picks = run_root(&g, root, backend, Feed::Generate);
+    check_picks(&g, scenario, &picks);
+    worker.join().unwrap();
+    assert_eq!(open_fds_under(&dir), 0, "closed with the root");
+}
+
+/// Real `airllama worker`s (all resident), the root under a budget below two layers.
+#[test]
+fn llama_q40_3nodes_real_root_streamed() {
+    let scenario = "llama-q40/3nodes";
+    let Some(g) = backend_for(scenario).map(|_| load(scenario)) else {
+        return;
+    };
+    let streaming = streaming_options(&g, "real-llama-q40-3nodes");
+    real_workers_case_with(scenario, Some(&streaming));
+    assert_eq!(left_in(&streaming.spill_dir), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn qwen3moe_q40_2nodes_real_root_streamed() {
+    let scenario = "qwen3moe-q40/2nodes";
+    let Some(g) = backend_for(scenario).map(|_| load(scenario)) else {
+        return;
+    };
+    let streaming = streaming_options(&g, "real-qwen3moe-q40-2nodes");
+    real_workers_case_with(scenario, Some(&streaming));
+    assert_eq!(left_in(&streaming.spill_dir), Vec::<PathBuf>::new());
 }
 
 macro_rules! cases {

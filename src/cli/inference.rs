@@ -52,10 +52,17 @@ pub struct RootArgs {
     /// 1: spin on non-blocking sockets once the weights are loaded (dllama's turbo mode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub net_turbo: u8,
-    /// Memory for weights (e.g. 512M, 2G): layers that do not fit are streamed from the model
-    /// file each forward with O_DIRECT reads overlapped with compute (default: all resident).
+    /// Memory for the root's weights (e.g. 512M, 2G): layers that do not fit are streamed each
+    /// forward with O_DIRECT reads overlapped with compute, from the model file on one node,
+    /// from a spill file under --spill-dir with --workers (default: all resident).
     #[arg(long, value_parser = airllama::streaming::parse_size)]
     pub mem_budget: Option<u64>,
+    /// Directory for the spill file of --mem-budget with --workers: the root's slices of the
+    /// layers that do not fit are written there while the weights are distributed (they are
+    /// strided in the model file) and streamed back each forward; the file is deleted once
+    /// written (default: the system temp dir). Unused on one node.
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
     /// Print each forward's streaming statistics (bytes read, read time, compute, I/O wait).
     #[arg(long)]
     pub verbose: bool,
@@ -151,9 +158,13 @@ pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
         RootEvent::Turbo => say("🚁 Network is in non-blocking mode"),
     };
     say(&format!("🧠 CPU: {}", backend.isa()));
-    let streaming = args
-        .mem_budget
-        .map(airllama::streaming::StreamingOptions::new);
+    let streaming = args.mem_budget.map(|budget| {
+        let mut s = airllama::streaming::StreamingOptions::new(budget);
+        if let Some(dir) = args.spill_dir.clone() {
+            s.spill_dir = dir;
+        }
+        s
+    });
     let root = Root::open_streaming(&options, streaming.as_ref(), &mut events)?;
     if let Some(s) = root.streamer() {
         say(&format!("💾 {}", s.describe()));
