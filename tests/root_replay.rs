@@ -742,6 +742,30 @@ fn llama_f32_3nodes_root_2_threads() {
 /// real workers prints the C++ root's prompt line, one line per forward and the same pieces.
 #[test]
 fn cli_inference_matches_root_stdout() {
+    cli_inference_case(&[]);
+}
+
+/// [`cli_inference_matches_root_stdout`] with `--mem-budget` below two layers of the root's
+/// slice and `--spill-dir`: the root streams (and says so), prints the same, leaves no file.
+#[test]
+fn cli_inference_with_mem_budget_matches_root_stdout() {
+    let g = load("llama-q40/3nodes");
+    let s = streaming_options(&g, "cli");
+    let stdout = cli_inference_case(&[
+        "--mem-budget".into(),
+        s.mem_budget.to_string(),
+        "--spill-dir".into(),
+        s.spill_dir.display().to_string(),
+        "--verbose".into(),
+    ]);
+    assert!(stdout.contains("💾 layer streaming:"), "{stdout}");
+    assert!(stdout.contains("through 1 slot(s)"), "{stdout}");
+    assert_eq!(left_in(&s.spill_dir), Vec::<PathBuf>::new());
+}
+
+/// Runs `airllama inference` with the recorded root command's flags and `extra` against real
+/// workers, checks its output against the recorded root's; returns the output.
+fn cli_inference_case(extra: &[String]) -> String {
     let scenario = "llama-q40/3nodes";
     let g = load(scenario);
     let procs: Vec<(WorkerProcess, u16)> = (0..g.n_workers).map(|_| spawn_worker(None)).collect();
@@ -753,7 +777,9 @@ fn cli_inference_matches_root_stdout() {
         .arg(g.dir.parent().unwrap().join("tokenizer.t"))
         .args(["--buffer-float-type", "q80", "--prompt", &g.prompt])
         .args(["--steps", "48", "--nthreads", "1", "--temperature", "0"])
-        .args(["--seed", "7", "--max-seq-len", "256", "--workers"]);
+        .args(["--seed", "7", "--max-seq-len", "256"])
+        .args(extra)
+        .arg("--workers");
     for (_, port) in &procs {
         cmd.arg(format!("127.0.0.1:{port}"));
     }
@@ -786,4 +812,5 @@ fn cli_inference_matches_root_stdout() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Evaluation") && text.contains("tokens/s") && text.contains("sent/tok"));
     drop(procs);
+    text.into_owned()
 }
