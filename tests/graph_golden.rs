@@ -242,6 +242,7 @@ fn check_root(graph: &LlmGraph, plan: &WeightPlan, what: &str) {
         for (ro, wo) in r.ops.iter().zip(w.ops.iter_mut()) {
             if let (OpParams::Rope(rc), OpParams::Rope(wc)) = (&ro.params, &mut wo.params) {
                 wc.slice = rc.slice;
+                wc.cache_size = rc.cache_size;
             }
         }
     }

@@ -470,38 +470,9 @@ pub struct MatmulConfig {
     pub active_expert_indexes_buffer_index: u32,
 }
 
-/// `NnRopeSlice`: this node's part of the rotary embedding. For falcon rope dllama never sets
-/// `q_dim_start`, `q_dim_end`, `q_shift`, `kv_dim_start` and `slice_dim` (stack garbage on some
-/// builds): they are kept as received and only read for the llama rope types.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RopeSlice {
-    /// Query dimensions per node.
-    pub q_dim0: u32,
-    /// First query dimension of this node (llama types only).
-    pub q_dim_start: u32,
-    /// One past the last query dimension of this node (llama types only).
-    pub q_dim_end: u32,
-    /// `q_dim_start - kv_dim_start` (llama types only).
-    pub q_shift: u32,
-    /// Total key/value dimensions.
-    pub kv_dim: u32,
-    /// Key/value dimensions per node.
-    pub kv_dim0: u32,
-    /// First key/value dimension of this node (llama types only).
-    pub kv_dim_start: u32,
-    /// Columns of the rope cache (llama types only).
-    pub slice_dim: u32,
-    /// Positions in the cache.
-    pub seq_len: u32,
-    /// Dimensions per head.
-    pub head_dim: u32,
-    /// Key/value heads.
-    pub n_kv_heads: u32,
-    /// RoPE base frequency.
-    pub rope_theta: f32,
-    /// Shape of the rope cache buffer.
-    pub cache_size: Size3D,
-}
+/// dllama's `NnRopeSlice` without its trailing cache size (that is [`RopeConfig::cache_size`]
+/// here): the kernels' type, so the executor fills the cache from a decoded slice as it is.
+pub use airllama_kernels::ops::RopeSlice;
 
 /// `NnRopeOpConfig`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -512,7 +483,7 @@ pub struct RopeConfig {
     pub is_q: bool,
     /// Pipe with the positions (checked).
     pub position_pipe_index: u32,
-    /// Buffer holding the cos/sin cache (checked, and at least `slice.cache_size` bytes).
+    /// Buffer holding the cos/sin cache (checked, and at least `cache_size` bytes).
     pub rope_cache_buffer_index: u32,
     /// Llama 3.1 scaling factor (1.0 = none).
     pub rope_scaling_factor: f32,
@@ -524,6 +495,9 @@ pub struct RopeConfig {
     pub rope_scaling_orig_max_seq_len: u32,
     /// This node's slice.
     pub slice: RopeSlice,
+    /// Shape of the rope cache buffer (`NnRopeSlice::cacheSize`, the slice's last field on the
+    /// wire): `seq_len × slice_dim` (llama) or `seq_len × head_dim` (falcon) `f32`s.
+    pub cache_size: Size3D,
 }
 
 /// `NnMultiHeadAttOpConfig`.
@@ -923,7 +897,7 @@ impl OpParams {
                     put_u32(out, v);
                 }
                 put_f32(out, s.rope_theta);
-                s.cache_size.encode(out);
+                c.cache_size.encode(out);
             }
             OpParams::MultiHeadAtt(c) => {
                 for v in [
@@ -1060,8 +1034,8 @@ fn decode_rope(r: &mut Reader<'_>, bounds: &Bounds<'_>) -> Result<RopeConfig, De
             head_dim,
             n_kv_heads,
             rope_theta,
-            cache_size,
         },
+        cache_size,
     })
 }
 

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use airllama_kernels::backend::Backend;
 use airllama_kernels::block::FloatType;
-use airllama_kernels::ops::{RopeScaling, RopeSlice, fill_rope_cache};
+use airllama_kernels::ops::{RopeScaling, fill_rope_cache};
 use airllama_kernels::parallel::{MAX_THREADS, ThreadPool};
 use airllama_net::{NetConfig, NodeConfig, SyncPlan, SyncStep, WeightTarget};
 
@@ -377,21 +377,7 @@ impl Executor {
                 continue;
             }
             filled[*cache] = true;
-            let s = &c.slice;
-            let slice = RopeSlice {
-                q_dim0: s.q_dim0,
-                q_dim_start: s.q_dim_start,
-                q_dim_end: s.q_dim_end,
-                q_shift: s.q_shift,
-                kv_dim: s.kv_dim,
-                kv_dim0: s.kv_dim0,
-                kv_dim_start: s.kv_dim_start,
-                slice_dim: s.slice_dim,
-                seq_len: s.seq_len,
-                head_dim: s.head_dim,
-                n_kv_heads: s.n_kv_heads,
-                theta: s.rope_theta,
-            };
+            let slice = &c.slice;
             let scaling = RopeScaling {
                 factor: c.rope_scaling_factor,
                 low_freq_factor: c.rope_scaling_low_freq_factor,
@@ -405,7 +391,7 @@ impl Executor {
             let target = all
                 .get_mut(..len)
                 .ok_or_else(|| bad_rope(op, "cache buffer too small"))?;
-            fill_rope_cache(self.backend, c.rope_type, &slice, &scaling, target)
+            fill_rope_cache(self.backend, c.rope_type, slice, &scaling, target)
                 .map_err(|e| bad_rope(op, &e.to_string()))?;
         }
         Ok(())

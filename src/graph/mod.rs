@@ -548,36 +548,26 @@ fn build_node(
     let n_inv_columns = n_q_norm_columns.max(n_k_norm_columns);
 
     // sliceRope: llama types cover this node's [kvDimStart, qDimEnd); falcon keeps one head's
-    // worth of frequencies and leaves the start/end fields unset (0).
+    // worth of frequencies and leaves the start/end fields unset (0). The checks above (whole
+    // even per-node dims, q_dim >= kv_dim, node_index < n) are the ones `new` repeats.
     let rope_type = c.rope_type;
-    let mut rope_slice = RopeSlice {
-        q_dim0: s.q_d0,
-        q_dim_start: 0,
-        q_dim_end: 0,
-        q_shift: 0,
-        kv_dim: c.kv_dim,
-        kv_dim0: s.kv_d0,
-        kv_dim_start: 0,
-        slice_dim: 0,
-        seq_len: c.seq_len,
-        head_dim: c.head_dim,
-        n_kv_heads: c.n_kv_heads,
-        rope_theta: c.rope_theta,
-        cache_size: Size3D::EMPTY,
+    let rope_slice = RopeSlice::new(
+        rope_type,
+        c.q_dim,
+        c.kv_dim,
+        c.n_kv_heads,
+        n,
+        c.seq_len,
+        c.head_dim,
+        c.rope_theta,
+        node_index,
+    )
+    .map_err(|_| GraphError::Shape { what: "rope slice" })?;
+    let rope_cache_columns = match rope_type {
+        RopeKind::Llama | RopeKind::Llama31 => rope_slice.slice_dim,
+        RopeKind::Falcon => c.head_dim,
     };
-    rope_slice.cache_size = match rope_type {
-        RopeKind::Llama | RopeKind::Llama31 => {
-            // q_d0 >= kv_d0 (q_dim >= kv_dim was checked) and node_index < n keep these in
-            // range: q_dim_end <= q_dim.
-            rope_slice.kv_dim_start = s.kv_d0 * node_index;
-            rope_slice.q_dim_start = s.q_d0 * node_index;
-            rope_slice.q_dim_end = rope_slice.q_dim_start + s.q_d0;
-            rope_slice.q_shift = rope_slice.q_dim_start - rope_slice.kv_dim_start;
-            rope_slice.slice_dim = rope_slice.q_dim_end - rope_slice.kv_dim_start;
-            size2(f32, c.seq_len, rope_slice.slice_dim, "rope cache")?
-        }
-        RopeKind::Falcon => size2(f32, c.seq_len, c.head_dim, "rope cache")?,
-    };
+    let rope_cache_size = size2(f32, c.seq_len, rope_cache_columns, "rope cache")?;
 
     let mut b = Buffers::default();
     let x = b.add("x", size2(f32, nb, c.dim, "x buffer")?);
@@ -596,7 +586,7 @@ fn build_node(
     let k_temp = b.add("k_temp", size2(f32, nb, s.kv_d0, "k_temp buffer")?);
     let v_temp = b.add("v_temp", size2(f32, nb, s.kv_d0, "v_temp buffer")?);
     let inv_rms = b.add("inv_rms", size2(f32, nb, n_inv_columns, "inv_rms buffer")?);
-    let rope_cache = b.add("rope_cache", rope_slice.cache_size);
+    let rope_cache = b.add("rope_cache", rope_cache_size);
     let att_columns = mul(s.n_heads0, c.seq_len, "att buffer")?;
     let att = b.add("att", size2(f32, nb, att_columns, "att buffer")?);
     let logits_slice = b.add("lg", size2(f32, nb, c.vocab_size / n, "lg buffer")?);
@@ -676,6 +666,7 @@ fn build_node(
             rope_scaling_high_freq_factor: c.rope_scaling_high_freq_factor,
             rope_scaling_orig_max_seq_len: c.rope_scaling_orig_max_seq_len,
             slice: rope_slice,
+            cache_size: rope_cache_size,
         })
     };
     let none = Size3D::EMPTY;

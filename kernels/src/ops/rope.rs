@@ -63,25 +63,42 @@ impl core::fmt::Display for RopeError {
     }
 }
 
-/// One node's part of the rotary embedding (dllama's `NnRopeSlice`, same fields).
+/// One node's part of the rotary embedding (dllama's `NnRopeSlice`, same fields and order; the
+/// wire codec of `airllama-net` sends it as part of ROPE's op config, followed there by the
+/// cache's `NnSize3D`).
 ///
 /// With llama rope, node `k` rotates query dims `qDimStart..qDimEnd` and key dims
 /// `kvDimStart..kvDimStart + kvDim0`; its cache row covers `kvDimStart..qDimEnd` (`sliceDim`
-/// values, pairs of cos/sin) and the query part starts `qShift` values into the row.
+/// values, pairs of cos/sin) and the query part starts `qShift` values into the row. For
+/// [`RopeKind::Falcon`] dllama never sets `q_dim_start`, `q_dim_end`, `q_shift`,
+/// `kv_dim_start` and `slice_dim` (stack garbage on some builds): a decoded slice keeps them as
+/// received, [`RopeSlice::new`] sets them to 0, and only the llama kinds read them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeSlice {
+    /// Query dimensions per node.
     pub q_dim0: u32,
+    /// First query dimension of this node (llama kinds only).
     pub q_dim_start: u32,
+    /// One past the last query dimension of this node (llama kinds only).
     pub q_dim_end: u32,
+    /// `q_dim_start - kv_dim_start` (llama kinds only).
     pub q_shift: u32,
+    /// Total key/value dimensions.
     pub kv_dim: u32,
+    /// Key/value dimensions per node.
     pub kv_dim0: u32,
+    /// First key/value dimension of this node (llama kinds only).
     pub kv_dim_start: u32,
+    /// Columns of the rope cache (llama kinds only).
     pub slice_dim: u32,
+    /// Positions in the cache.
     pub seq_len: u32,
+    /// Dimensions per head.
     pub head_dim: u32,
+    /// Key/value heads.
     pub n_kv_heads: u32,
-    pub theta: f32,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
 }
 
 /// Llama 3.1 frequency scaling (`ropeScaling*` of dllama's `NnRopeOpConfig`). A `factor` of 1
@@ -147,7 +164,7 @@ impl RopeSlice {
             seq_len,
             head_dim,
             n_kv_heads,
-            theta,
+            rope_theta: theta,
         };
         if kind != RopeKind::Falcon {
             let over = RopeError::Overflow;
@@ -222,7 +239,7 @@ pub fn fill_rope_cache(
                 .map(|k| {
                     let i = slice.kv_dim_start + 2 * k as u32;
                     let h = i % slice.head_dim;
-                    let freq = 1.0 / powf(slice.theta, h as f32 / slice.head_dim as f32);
+                    let freq = 1.0 / powf(slice.rope_theta, h as f32 / slice.head_dim as f32);
                     if apply_scaling {
                         scale_frequency_llama3(freq, scaling, fused)
                     } else {
@@ -243,7 +260,7 @@ pub fn fill_rope_cache(
             let half = hd / 2;
             let hs = slice.head_dim as f32;
             let freqs: std::vec::Vec<f32> = (0..half)
-                .map(|j| 1.0 / powf(slice.theta, 2.0 * (j as u32 as f32 / hs)))
+                .map(|j| 1.0 / powf(slice.rope_theta, 2.0 * (j as u32 as f32 / hs)))
                 .collect();
             for (pos, row) in cache.chunks_exact_mut(hd).enumerate() {
                 for (j, &freq) in freqs.iter().enumerate() {
