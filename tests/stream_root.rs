@@ -1,15 +1,20 @@
-//! `Root::open_streaming` (`airllama inference --mem-budget`) on one node: a synthetic Q40
-//! llama generated with a budget below two layers gives the same logits, bit for bit, as the
-//! resident root, and each forward reports its streaming statistics.
-use std::path::Path;
+//! `Root::open_streaming` (`airllama inference --mem-budget`): a synthetic Q40 llama run with
+//! a budget below two layers gives the same logits, bit for bit, as the resident root, and each
+//! forward reports its streaming statistics; on one node (streamed from the model file) and on
+//! two (the root streams its slices back from a spill file, the worker an in-process airllama
+//! worker with every weight resident).
+use std::path::{Path, PathBuf};
 
 use airllama::graph::SyncFloatType;
 use airllama::root::{Root, RootOptions};
 use airllama::streaming::{StreamingOptions, synthetic};
+use airllama::worker::{WorkerOptions, serve_session};
 use airllama_io::layout::ModelLayout;
 use airllama_io::model::ModelHeader;
 use airllama_kernels::backend::Backend;
 use airllama_kernels::block::FloatType;
+use airllama_net::PeerAddress;
+use airllama_net::transport::Listener;
 
 fn options(model: &Path) -> RootOptions {
     RootOptions {
@@ -41,26 +46,42 @@ fn run(root: &mut Root) -> Vec<Vec<f32>> {
     out
 }
 
-#[test]
-fn streamed_root_logits_are_bit_identical() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stream_root");
-    std::fs::create_dir_all(&dir).unwrap();
+const SMALL: synthetic::LlamaShape = synthetic::LlamaShape {
+    dim: 256,
+    hidden_dim: 512,
+    n_layers: 5,
+    n_heads: 8,
+    n_kv_heads: 4,
+    vocab_size: 512,
+    seq_len: 64,
+};
+
+/// A synthetic model of `shape` in `dir` and one layer's bytes.
+fn model(dir: &Path, shape: synthetic::LlamaShape) -> (PathBuf, u64) {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("model.m");
-    let shape = synthetic::LlamaShape {
-        dim: 256,
-        hidden_dim: 512,
-        n_layers: 5,
-        n_heads: 8,
-        n_kv_heads: 4,
-        vocab_size: 512,
-        seq_len: 64,
-    };
     synthetic::write_model(&path, &shape.params(FloatType::Q40), 3).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let header = ModelHeader::parse(&bytes).unwrap();
     let layout = ModelLayout::new(&header, bytes.len() as u64).unwrap();
     let layer = layout.layer_range(0).unwrap();
-    let layer_bytes = layer.end - layer.start;
+    (path, layer.end - layer.start)
+}
+
+fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.iter()
+                .map(|v| v.to_bits())
+                .eq(b.iter().map(|v| v.to_bits()))
+        })
+}
+
+#[test]
+fn streamed_root_logits_are_bit_identical() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stream_root");
+    let (path, layer_bytes) = model(&dir, SMALL);
+    let n_layers = SMALL.n_layers;
 
     let mut resident = Root::open(&options(&path), &mut |_| {}).unwrap();
     let expected = run(&mut resident);
@@ -71,12 +92,75 @@ fn streamed_root_logits_are_bit_identical() {
     let mut streamed = Root::open_streaming(&options(&path), Some(&budget), &mut |_| {}).unwrap();
     let s = streamed.streamer().expect("the budget is below the model");
     assert_eq!(s.plan().n_slots, 1);
-    assert!(s.n_streamed_units() as u32 >= shape.n_layers);
+    assert!(s.n_streamed_units() as u32 >= n_layers);
     let got = run(&mut streamed);
-    let same = expected.iter().zip(&got).all(|(a, b)| {
-        a.iter()
-            .map(|v| v.to_bits())
-            .eq(b.iter().map(|v| v.to_bits()))
+    assert!(
+        same_bits(&expected, &got),
+        "streamed logits differ from resident ones"
+    );
+}
+
+/// Runs `run` on a root over `path` with one in-process airllama worker (all resident).
+fn with_worker(path: &Path, streaming: Option<&StreamingOptions>) -> Vec<Vec<f32>> {
+    let listener = Listener::bind("127.0.0.1", 0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let worker = std::thread::spawn(move || {
+        let options = WorkerOptions {
+            host: "127.0.0.1".into(),
+            port,
+            n_threads: 1,
+            turbo: false,
+            backend: Backend::detect(),
+            max_memory: u64::MAX,
+            streaming: None,
+        };
+        serve_session(&listener, &options, &mut |_| {}).map_err(|e| e.to_string())
     });
-    assert!(same, "streamed logits differ from resident ones");
+    let mut root_options = options(path);
+    root_options.workers = vec![PeerAddress {
+        host: "127.0.0.1".into(),
+        port,
+    }];
+    let mut root = Root::open_streaming(&root_options, streaming, &mut |_| {}).unwrap();
+    if streaming.is_some() {
+        let s = root
+            .streamer()
+            .expect("the budget is below the root's slice");
+        assert_eq!(s.plan().n_slots, 1, "{}", s.describe());
+        assert!(s.n_streamed_units() >= 3, "{}", s.describe());
+    }
+    let logits = run(&mut root);
+    root.finish().unwrap();
+    assert_eq!(
+        worker.join().unwrap(),
+        Ok(4),
+        "the worker ran every forward"
+    );
+    logits
+}
+
+#[test]
+fn streamed_root_with_a_worker_gives_bit_identical_logits() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stream_root_2nodes");
+    // The root's slices of the feed-forward matrices (1.7 MB) take more than one 1 MiB read
+    // chunk on their way to the spill file.
+    let shape = synthetic::LlamaShape {
+        dim: 1536,
+        hidden_dim: 4096,
+        n_layers: 3,
+        ..SMALL
+    };
+    let (path, layer_bytes) = model(&dir, shape);
+    let expected = with_worker(&path, None);
+    assert!(expected.iter().all(|l| l.iter().all(|v| v.is_finite())));
+    // The root holds half of each layer: a budget of 1.5 half-layers holds one ring slot.
+    let mut budget = StreamingOptions::new(layer_bytes / 2 * 3 / 2 + 3 * 4096);
+    budget.spill_dir = dir.join("spill");
+    let got = with_worker(&path, Some(&budget));
+    assert!(
+        same_bits(&expected, &got),
+        "streamed logits differ from resident ones"
+    );
+    let left: Vec<_> = std::fs::read_dir(&budget.spill_dir).unwrap().collect();
+    assert!(left.is_empty(), "spill files left: {left:?}");
 }
