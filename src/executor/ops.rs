@@ -181,18 +181,45 @@ fn split<'a, T>(
     SplitMut::new(data, geometry, n).map_err(|e| failed(op, format!("split: {e}")))
 }
 
+/// The input of one row of a [`row_op`], as one thread sees it.
+#[derive(Clone, Copy)]
+struct RowInput<'a, T> {
+    /// The whole input row.
+    row: &'a [T],
+    /// The elements `start..end` of the row's first slice hold the values of the thread's output
+    /// columns (a `Range` is not `Copy`).
+    start: usize,
+    end: usize,
+    /// Elements of one slice (an output row's worth of values).
+    slice_len: usize,
+}
+
+impl<'a, T> RowInput<'a, T> {
+    /// The input elements holding the same values as the thread's output columns.
+    fn window(self) -> &'a [T] {
+        self.slice(0)
+    }
+
+    /// The same window in slice `k` of the input row, for inputs that hold several output-row
+    /// wide slices one after the other (MERGE_ADD's slices of every node).
+    fn slice(self, k: usize) -> &'a [T] {
+        let base = k * self.slice_len;
+        &self.row[base + self.start..base + self.end]
+    }
+}
+
 /// The per-row kernel of a [`row_op`]: `(row, columns, input, output)`.
-type RowKernel<'k, In, Out> = dyn Fn(usize, Range<usize>, &[In], &mut [Out]) + Sync + 'k;
+type RowKernel<'k, In, Out> = dyn Fn(usize, Range<usize>, RowInput<'_, In>, &mut [Out]) + Sync + 'k;
 
 /// A row op: each of the first `rows` rows of `op.output` whose batch item is below `batch`
 /// becomes `kernel` of the same row of `op.input` (dllama's `for z { for y < batchSize }` loops
-/// of CAST, REPEAT_Z's first plane and RMS_NORM over a Q80 input).
+/// of CAST, REPEAT_Z's first plane, MERGE_ADD and RMS_NORM over a Q80 input).
 ///
 /// Every output row is cut between threads as dllama's per-row `SPLIT_THREADS` cuts it, in items
 /// that hold whole elements of both types (one Q80 block when one side is Q80 and the other
 /// `f32`, one element when both are of one type). The kernel gets the row index, this thread's
-/// columns of the row (relative to the view's window, in output elements), the input elements
-/// holding the same values, and the output elements to write.
+/// columns of the row (relative to the view's window, in output elements), the input row with
+/// the range of it that holds the same values, and the output elements to write.
 fn row_op<In: Element + Sync, Out: Element + Send>(
     op: &OpPlan,
     pool: &mut ThreadPool,
@@ -215,10 +242,20 @@ fn row_op<In: Element + Sync, Out: Element + Send>(
     let inline = work(op, batch) < PARALLEL_MIN_WORK;
     run_parts(pool, inline, op, Failure::default(), &s, &|mut part, _| {
         let r = rel(&part, o);
-        let values = r.start * Out::VALUES / In::VALUES..r.end * Out::VALUES / In::VALUES;
+        let (start, end) = (
+            r.start * Out::VALUES / In::VALUES,
+            r.end * Out::VALUES / In::VALUES,
+        );
+        let slice_len = o.x / In::VALUES;
         for (row, out_row) in part.rows_mut(rows) {
             if active(o, row, batch) {
-                kernel(row, r.clone(), &inp[i.row(row)][values.clone()], out_row);
+                let input = RowInput {
+                    row: &inp[i.row(row)],
+                    start,
+                    end,
+                    slice_len,
+                };
+                kernel(row, r.clone(), input, out_row);
             }
         }
     })
@@ -235,40 +272,13 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
     match op.kernel {
         Kernel::MergeAddF32 { slices } | Kernel::MergeAddQ80 { slices } => {
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
-            let out = view_mut::<f32>(out.bytes_mut())?;
-            let q80 = matches!(op.kernel, Kernel::MergeAddQ80 { .. });
-            let unit = if q80 { BLOCK_SIZE } else { 1 };
-            let s = split(op, out, columns(&o, batch, unit), n)?;
-            let inp = inp.bytes();
-            if q80 {
-                let inp = view::<Q80Block>(inp)?;
-                run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
-                    let r = rel(&part, &o);
-                    let blocks = r.start / BLOCK_SIZE..r.end / BLOCK_SIZE;
-                    let per_slice = o.x / BLOCK_SIZE;
-                    for (y, row) in part.rows_mut(batch) {
-                        let in_row = &inp[i.row(y)];
-                        for k in 0..slices {
-                            let base = k * per_slice;
-                            ops::merge_add_q80(
-                                backend,
-                                row,
-                                &in_row[base + blocks.start..base + blocks.end],
-                            );
-                        }
-                    }
+            if matches!(op.kernel, Kernel::MergeAddQ80 { .. }) {
+                row_op::<Q80Block, f32>(op, ctx.pool, out, inp, batch, batch, &|_, _, x, y| {
+                    (0..slices).for_each(|k| ops::merge_add_q80(backend, y, x.slice(k)))
                 })
             } else {
-                let inp = view::<f32>(inp)?;
-                run_parts(ctx.pool, inline, op, failure, &s, &|mut part, _| {
-                    let r = rel(&part, &o);
-                    for (y, row) in part.rows_mut(batch) {
-                        let in_row = &inp[i.row(y)];
-                        for k in 0..slices {
-                            let base = k * o.x;
-                            ops::merge_add_f32(backend, row, &in_row[base + r.start..base + r.end]);
-                        }
-                    }
+                row_op::<f32, f32>(op, ctx.pool, out, inp, batch, batch, &|_, _, x, y| {
+                    (0..slices).for_each(|k| ops::merge_add_f32(backend, y, x.slice(k)))
                 })
             }
         }
@@ -413,7 +423,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
             let inv = view::<f32>(inv.bytes())?;
             row_op::<Q80Block, f32>(op, ctx.pool, out, inp, batch, batch, &|y, r, x, row| {
-                ops::rms_norm_q80(backend, row, x, &weight[r], inv[y]);
+                ops::rms_norm_q80(backend, row, x.window(), &weight[r], inv[y]);
             })
         }
         Kernel::MatmulF32 {
@@ -650,11 +660,11 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let rows = o.rows();
             if o.float_type == FloatType::Q80 {
                 row_op::<Q80Block, Q80Block>(op, ctx.pool, out, inp, rows, batch, &|_, _, x, y| {
-                    y.copy_from_slice(x)
+                    y.copy_from_slice(x.window())
                 })
             } else {
                 row_op::<f32, f32>(op, ctx.pool, out, inp, rows, batch, &|_, _, x, y| {
-                    y.copy_from_slice(x)
+                    y.copy_from_slice(x.window())
                 })
             }
         }
@@ -663,7 +673,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let rows = if repeat { batch } else { o.rows() };
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
             row_op::<f32, Q80Block>(op, ctx.pool, out, inp, rows, batch, &|_, _, x, y| {
-                quantize_q80(backend, x, y)
+                quantize_q80(backend, x.window(), y)
             })?;
             if repeat {
                 let out = view_mut::<Q80Block>(out.bytes_mut())?;
@@ -679,7 +689,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
         Kernel::CastDequantize => {
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
             row_op::<Q80Block, f32>(op, ctx.pool, out, inp, o.rows(), batch, &|_, _, x, y| {
-                dequantize_q80(backend, x, y)
+                dequantize_q80(backend, x.window(), y)
             })
         }
         Kernel::Shift { positions } => {
