@@ -559,9 +559,8 @@ impl Root {
                     OwnWeights::Resident => true,
                     OwnWeights::Model(s) => s.is_resident(own_node, &load.target),
                     // A target that names no op is left to the executor to reject.
-                    OwnWeights::Spill(s, _) => {
-                        op_number(own_node, &load.target).is_none_or(|op| !s.streamed_ops()[op])
-                    }
+                    OwnWeights::Spill(s, _) => op_number(own_node, &load.target)
+                        .is_none_or(|op| s.streamed_ops().get(op) != Some(&true)),
                 };
                 if resident {
                     let dst = executor.weight_mut(&load.target)?;
