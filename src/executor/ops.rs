@@ -73,6 +73,43 @@ fn slots_mut<'s, const N: usize>(
         .map_err(|_| failed(op, "slots overlap"))
 }
 
+/// The output slot, the input slot unless the op runs in place (its input is its output), and
+/// `other`, a slot the op only reads.
+fn slots_maybe_in_place<'s>(
+    slots: &'s mut [Slab],
+    op: &OpPlan,
+    in_place: bool,
+    other: usize,
+) -> Result<(&'s mut Slab, Option<&'s Slab>, &'s Slab), ExecutorError> {
+    let (i, o) = (&op.input, &op.output);
+    if in_place {
+        let [out, other] = slots_mut(slots, op, [o.slot, other])?;
+        Ok((out, None, other))
+    } else {
+        let [out, inp, other] = slots_mut(slots, op, [o.slot, i.slot, other])?;
+        Ok((out, Some(inp), other))
+    }
+}
+
+/// What an op that may run in place reads for one output `row`: its `input` window, or, in
+/// place, a copy of the row in the thread's `scratch` (the kernel writes the row while it reads
+/// the values the row had). `None` in place without scratch.
+fn source<'a>(
+    input: Option<&'a [f32]>,
+    scratch: Option<&'a mut Vec<f32>>,
+    row: &[f32],
+) -> Option<&'a [f32]> {
+    match (input, scratch) {
+        (Some(input), _) => Some(input),
+        (None, Some(tmp)) => {
+            tmp.clear();
+            tmp.extend_from_slice(row);
+            Some(tmp)
+        }
+        (None, None) => None,
+    }
+}
+
 /// A column split of `v`'s window over its first `rows` rows.
 fn columns(v: &View, rows: usize, unit: usize) -> Split {
     Split::Columns {
@@ -358,65 +395,38 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
             let weight = view::<f32>(ctx.weight)?;
             // Each (batch item, column) is one row of `col_size` values split between threads:
             // one column is the view's own rows, several need rows that follow each other.
-            let geometry = |v: &View| Split::Columns {
-                stride: if cols == 1 { v.stride } else { col_size },
+            let geometry = Split::Columns {
+                stride: if cols == 1 { o.stride } else { col_size },
                 rows: batch * cols,
-                offset: v.offset,
+                offset: o.offset,
                 len: col_size,
                 unit: 1,
             };
             if cols > 1 && (o.stride != o.len || i.stride != i.len) {
                 return Err(failed(op, "multi-column rms norm needs contiguous rows"));
             }
+            let (out, inp, inv) = slots_maybe_in_place(ctx.slots, op, in_place, inv_rms)?;
+            let inv = view::<f32>(inv.bytes())?;
+            let inp = inp.map(|inp| view::<f32>(inp.bytes())).transpose()?;
+            let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry, n)?;
             let scratch = ctx.scratch;
-            let job =
-                |s: &SplitMut<'_, f32>, inp: Option<&[f32]>, inv: &[f32], t: usize, f: &Failure| {
-                    let Ok(mut part) = s.claim(t) else {
-                        return f.set("claim".into());
-                    };
-                    let c = part.columns();
-                    let r = c.start - o.offset..c.end - o.offset;
-                    let mut tmp = scratch.get(t).and_then(|m| m.lock().ok());
-                    for (yc, row) in part.rows_mut(batch * cols) {
-                        let (y, col) = (yc / cols, yc % cols);
-                        let inv_value = inv[y * inv_rms_stride + col];
-                        let w = &weight[r.clone()];
-                        match (inp, tmp.as_deref_mut()) {
-                            (Some(inp), _) => {
-                                let start = i.row(y).start + col * col_size;
-                                ops::rms_norm_f32(
-                                    backend,
-                                    row,
-                                    &inp[start + r.start..start + r.end],
-                                    w,
-                                    inv_value,
-                                );
-                            }
-                            (None, Some(tmp)) => {
-                                tmp.clear();
-                                tmp.extend_from_slice(row);
-                                ops::rms_norm_f32(backend, row, tmp, w, inv_value);
-                            }
-                            (None, None) => return f.set("no scratch".into()),
-                        }
-                    }
+            run(ctx.pool, inline, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
                 };
-            if in_place {
-                let [out, inv] = slots_mut(ctx.slots, op, [o.slot, inv_rms])?;
-                let inv = view::<f32>(inv.bytes())?;
-                let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry(&o), n)?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    job(&s, None, inv, t, f)
-                })
-            } else {
-                let [out, inp, inv] = slots_mut(ctx.slots, op, [o.slot, i.slot, inv_rms])?;
-                let inv = view::<f32>(inv.bytes())?;
-                let inp = view::<f32>(inp.bytes())?;
-                let s = split(op, view_mut::<f32>(out.bytes_mut())?, geometry(&o), n)?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    job(&s, Some(inp), inv, t, f)
-                })
-            }
+                let r = rel(&part, &o);
+                let mut tmp = scratch.get(t).and_then(|m| m.lock().ok());
+                for (yc, row) in part.rows_mut(batch * cols) {
+                    let (y, col) = (yc / cols, yc % cols);
+                    let start = i.row(y).start + col * col_size;
+                    let input = inp.map(|inp| &inp[start + r.start..start + r.end]);
+                    let Some(x) = source(input, tmp.as_deref_mut(), row) else {
+                        return f.set("no scratch".into());
+                    };
+                    let inv_value = inv[y * inv_rms_stride + col];
+                    ops::rms_norm_f32(backend, row, x, &weight[r.clone()], inv_value);
+                }
+            })
         }
         Kernel::RmsNormQ80 { inv_rms } => {
             let weight = view::<f32>(ctx.weight)?;
@@ -599,61 +609,38 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
         } => {
             let is_mul = matches!(op.kernel, Kernel::Mul { .. });
             let rows = o.rows();
+            let (out, inp, m) = slots_maybe_in_place(ctx.slots, op, in_place, multiplier)?;
+            let m = view::<f32>(m.bytes())?;
+            let inp = inp.map(|inp| view::<f32>(inp.bytes())).transpose()?;
+            let s = split(
+                op,
+                view_mut::<f32>(out.bytes_mut())?,
+                columns(&o, rows, 1),
+                n,
+            )?;
             let scratch = ctx.scratch;
-            let job =
-                |s: &SplitMut<'_, f32>, inp: Option<&[f32]>, m: &[f32], t: usize, f: &Failure| {
-                    let Ok(mut part) = s.claim(t) else {
-                        return f.set("claim".into());
-                    };
-                    let r = rel(&part, &o);
-                    let mut tmp = scratch.get(t).and_then(|m| m.lock().ok());
-                    for (row_index, row) in part.rows_mut(rows) {
-                        if !active(&o, row_index, batch) {
-                            continue;
-                        }
-                        let source: &[f32] = match (inp, tmp.as_deref_mut()) {
-                            (Some(inp), _) => &inp[i.row(row_index)][r.clone()],
-                            (None, Some(tmp)) => {
-                                tmp.clear();
-                                tmp.extend_from_slice(row);
-                                tmp
-                            }
-                            (None, None) => return f.set("no scratch".into()),
-                        };
-                        if is_mul {
-                            let base = o.x * row_index;
-                            ops::mul_f32(backend, row, source, &m[base + r.start..base + r.end]);
-                        } else {
-                            ops::scale(backend, row, source, m[row_index]);
-                        }
-                    }
+            run(ctx.pool, inline, op, failure, &|t, f| {
+                let Ok(mut part) = s.claim(t) else {
+                    return f.set("claim".into());
                 };
-            if in_place {
-                let [out, m] = slots_mut(ctx.slots, op, [o.slot, multiplier])?;
-                let m = view::<f32>(m.bytes())?;
-                let s = split(
-                    op,
-                    view_mut::<f32>(out.bytes_mut())?,
-                    columns(&o, rows, 1),
-                    n,
-                )?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    job(&s, None, m, t, f)
-                })
-            } else {
-                let [out, inp, m] = slots_mut(ctx.slots, op, [o.slot, i.slot, multiplier])?;
-                let m = view::<f32>(m.bytes())?;
-                let inp = view::<f32>(inp.bytes())?;
-                let s = split(
-                    op,
-                    view_mut::<f32>(out.bytes_mut())?,
-                    columns(&o, rows, 1),
-                    n,
-                )?;
-                run(ctx.pool, inline, op, failure, &|t, f| {
-                    job(&s, Some(inp), m, t, f)
-                })
-            }
+                let r = rel(&part, &o);
+                let mut tmp = scratch.get(t).and_then(|m| m.lock().ok());
+                for (row_index, row) in part.rows_mut(rows) {
+                    if !active(&o, row_index, batch) {
+                        continue;
+                    }
+                    let input = inp.map(|inp| &inp[i.row(row_index)][r.clone()]);
+                    let Some(x) = source(input, tmp.as_deref_mut(), row) else {
+                        return f.set("no scratch".into());
+                    };
+                    if is_mul {
+                        let base = o.x * row_index;
+                        ops::mul_f32(backend, row, x, &m[base + r.start..base + r.end]);
+                    } else {
+                        ops::scale(backend, row, x, m[row_index]);
+                    }
+                }
+            })
         }
         Kernel::CastCopy => {
             let [out, inp] = slots_mut(ctx.slots, op, [o.slot, i.slot])?;
