@@ -6,8 +6,17 @@
 //! - `serial`: read-then-compute (each layer read when its first op needs it);
 //! - `readonly`: the streamer alone (each streamed op's weight asked for in order, no compute):
 //!   the read path's ceiling on this disk;
-//! - `mmap`: a plain mmap loader held to the same budget (each layer's pages released from the
-//!   process and the page cache after use, as a cgroup limit would evict them).
+//! - `mmap`: a plain mmap loader held to the same budget by releasing each layer's pages from
+//!   the process and the page cache right after use (an idealised loader: it evicts exactly
+//!   what it will not need soonest, which no kernel reclaim does);
+//! - `mmap-cgroup`: a plain mmap loader that releases nothing, run in a memory cgroup (v1 or
+//!   v2; needs root) limited to the streaming run's peak RSS, so the kernel's reclaim keeps it
+//!   within the same memory (skipped where no cgroup can be made).
+//!
+//! The mmap runs read through the page cache, so the device's `read_ahead_kb` sets how much
+//! each page fault reads. They run at the device's setting and, with
+//! `AIRLLAMA_STREAM_MMAP_READAHEAD_KB=<kb>` (root only), again at that setting (e.g. 128, the
+//! kernel's default for most disks), which is put back afterwards.
 //!
 //! Every mode runs in its own child process (so peak RSS is per mode) with the file dropped
 //! from the page cache first; the whole set is repeated back to back, since the disk's speed
@@ -15,8 +24,9 @@
 //! `cargo bench -p airllama-benches --bench stream`; environment: `AIRLLAMA_STREAM_DIR` (where
 //! the model is written; default the target tmp dir), `AIRLLAMA_STREAM_BUDGET` (512M),
 //! `AIRLLAMA_STREAM_TOKENS` (decode steps, 6), `AIRLLAMA_STREAM_REPEATS` (2),
-//! `AIRLLAMA_STREAM_THREADS` (2), `AIRLLAMA_STREAM_LAYERS` (32), `AIRLLAMA_STREAM_KEEP=1` to
-//! keep the model file afterwards.
+//! `AIRLLAMA_STREAM_THREADS` (2), `AIRLLAMA_STREAM_LAYERS` (32), `AIRLLAMA_STREAM_CHUNK` and
+//! `AIRLLAMA_STREAM_DEPTH` (the reader's read size and queue depth),
+//! `AIRLLAMA_STREAM_KEEP=1` to keep the model file afterwards.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -219,6 +229,49 @@ fn join_cgroup(cgroup: &Path) {
     std::fs::write(&procs, pid).expect("join the memory cgroup");
 }
 
+/// The `read_ahead_kb` of the block device a file lives on: page faults on a map of the file
+/// read that much around (and ahead of) the faulting page, so it decides how fast an mmap
+/// loader reads. `O_DIRECT` reads ignore it.
+struct ReadaheadSetting {
+    file: PathBuf,
+    original: u64,
+}
+
+/// Puts the device's readahead back when dropped.
+struct ReadaheadGuard<'a>(&'a ReadaheadSetting);
+
+impl ReadaheadSetting {
+    fn of(path: &Path) -> Option<ReadaheadSetting> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path).ok()?.dev();
+        // Linux's encoding of a device number (glibc's gnu_dev_major / gnu_dev_minor).
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let base = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        // A partition has no queue of its own: its disk's is one level up.
+        [
+            base.join("queue/read_ahead_kb"),
+            base.join("../queue/read_ahead_kb"),
+        ]
+        .into_iter()
+        .find_map(|file| {
+            let original = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+            Some(ReadaheadSetting { file, original })
+        })
+    }
+
+    fn set(&self, kb: u64) -> std::io::Result<ReadaheadGuard<'_>> {
+        std::fs::write(&self.file, kb.to_string())?;
+        Ok(ReadaheadGuard(self))
+    }
+}
+
+impl Drop for ReadaheadGuard<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0.file, self.0.original.to_string());
+    }
+}
+
 fn run_child(mode: &str) -> String {
     run_child_in(mode, None)
 }
@@ -295,20 +348,53 @@ fn main() {
         let mut disks = disk_bandwidth(&path);
         let stream = run_child("stream");
         let serial = run_child("serial");
-        let mmap = run_child("mmap");
-        // A plain map under a memory cgroup as large as the streaming run's peak RSS: the
-        // kernel's reclaim, not the loader, keeps it within the budget.
-        let limit = (field(&stream, "hwm_mb") * 1048576.0) as u64;
-        let cgroup = memory_cgroup(limit);
-        let mmap_cgroup = match &cgroup {
-            Some(c) => run_child_in("mmap-cgroup", Some(c)),
-            None => {
-                println!("mmap-cgroup: skipped (cannot create a memory cgroup here)");
-                String::new()
+        let readahead = ReadaheadSetting::of(&path);
+        if let Some(r) = &readahead {
+            println!("DEVICE {} read_ahead_kb={}", r.file.display(), r.original);
+        }
+        // The mmap baselines at the device's readahead, then (if asked, and if this process
+        // may change it) at another one, e.g. 128, the kernel's default for most disks.
+        let mut settings: Vec<Option<u64>> = vec![None];
+        if let Ok(kb) = std::env::var("AIRLLAMA_STREAM_MMAP_READAHEAD_KB") {
+            settings.push(Some(kb.parse().expect("AIRLLAMA_STREAM_MMAP_READAHEAD_KB")));
+        }
+        let mut baselines = Vec::new();
+        for setting in settings {
+            let label = match (setting, &readahead) {
+                (None, Some(r)) => format!("{}k", r.original),
+                (None, None) => "device".to_string(),
+                (Some(kb), _) => format!("{kb}k"),
+            };
+            let _guard = match (setting, &readahead) {
+                (None, _) => None,
+                (Some(kb), Some(r)) => match r.set(kb) {
+                    Ok(guard) => Some(guard),
+                    Err(e) => {
+                        println!("mmap at read_ahead_kb={kb}: skipped ({e})");
+                        continue;
+                    }
+                },
+                (Some(kb), None) => {
+                    println!("mmap at read_ahead_kb={kb}: skipped (no block device found)");
+                    continue;
+                }
+            };
+            let mmap = run_child("mmap");
+            // A plain map under a memory cgroup as large as the streaming run's peak RSS:
+            // the kernel's reclaim, not the loader, keeps it within the budget.
+            let limit = (field(&stream, "hwm_mb") * 1048576.0) as u64;
+            let cgroup = memory_cgroup(limit);
+            let mmap_cgroup = match &cgroup {
+                Some(c) => run_child_in("mmap-cgroup", Some(c)),
+                None => {
+                    println!("mmap-cgroup: skipped (cannot create a memory cgroup here)");
+                    String::new()
+                }
+            };
+            if let Some(c) = cgroup {
+                let _ = std::fs::remove_dir(c);
             }
-        };
-        if let Some(c) = cgroup {
-            let _ = std::fs::remove_dir(c);
+            baselines.push((label, mmap, mmap_cgroup));
         }
         let readonly = run_child("readonly");
         disks.extend(disk_bandwidth(&path));
@@ -317,22 +403,29 @@ fn main() {
         let disk = disks.iter().sum::<f64>() / disks.len() as f64;
         let disk_max = disks.iter().copied().fold(0.0, f64::max);
         let bw = |l: &str| field(l, "disk_bytes") / field(l, "wall_s") / 1e9;
+        let tok = |l: &str| field(l, "tok_s");
         println!(
-            "SUMMARY rep={rep} disk_GBps={disk:.3} (max {disk_max:.3}) stream_tok_s={:.3} stream_GBps={:.3} ({:.0}% of disk) serial_tok_s={:.3} mmap_tok_s={:.3} mmap_GBps={:.3} stream/mmap={:.2}x mmap_cgroup_tok_s={:.3} stream/mmap_cgroup={:.2}x stream/serial={:.2}x stream_hwm_MB={:.0} readonly_GBps={:.3} ({:.0}% of disk)",
-            field(&stream, "tok_s"),
+            "SUMMARY rep={rep} disk_GBps={disk:.3} (max {disk_max:.3}) stream_tok_s={:.3} stream_GBps={:.3} ({:.0}% of disk) serial_tok_s={:.3} stream/serial={:.2}x stream_hwm_MB={:.0} readonly_GBps={:.3} ({:.0}% of disk)",
+            tok(&stream),
             bw(&stream),
             100.0 * bw(&stream) / disk,
-            field(&serial, "tok_s"),
-            field(&mmap, "tok_s"),
-            bw(&mmap),
-            field(&stream, "tok_s") / field(&mmap, "tok_s"),
-            field(&mmap_cgroup, "tok_s"),
-            field(&stream, "tok_s") / field(&mmap_cgroup, "tok_s"),
-            field(&stream, "tok_s") / field(&serial, "tok_s"),
+            tok(&serial),
+            tok(&stream) / tok(&serial),
             field(&stream, "hwm_mb"),
             bw(&readonly),
             100.0 * bw(&readonly) / disk,
         );
+        for (label, mmap, mmap_cgroup) in &baselines {
+            println!(
+                "SUMMARY rep={rep} readahead={label} mmap_tok_s={:.3} mmap_GBps={:.3} stream/mmap={:.2}x mmap_cgroup_tok_s={:.3} mmap_cgroup_GBps={:.3} stream/mmap_cgroup={:.2}x",
+                tok(mmap),
+                bw(mmap),
+                tok(&stream) / tok(mmap),
+                tok(mmap_cgroup),
+                bw(mmap_cgroup),
+                tok(&stream) / tok(mmap_cgroup),
+            );
+        }
     }
     if std::env::var("AIRLLAMA_STREAM_KEEP").as_deref() != Ok("1") {
         let _ = std::fs::remove_file(&path);
