@@ -3,14 +3,15 @@
 //!
 //! - [`StreamReader`] opens a file with `O_DIRECT` (buffered where the file system refuses it),
 //!   allocates a ring of aligned, `mlock`ed slots, registers them with io_uring as fixed
-//!   buffers and reads byte ranges into them, several large reads in flight. Tensor offsets
-//!   are not block-aligned: the reader reads the covering aligned range and hands out the
-//!   inner bytes without copying.
+//!   buffers and reads byte ranges into them, several large reads in flight. An I/O thread
+//!   owns the ring and refills the queue as reads complete, so the disk stays busy however
+//!   long the caller computes between calls. Tensor offsets are not block-aligned: the reader
+//!   reads the covering aligned range and hands out the inner bytes without copying.
 //! - [`LoadedSlot`] is the only owner of a slot whose read has completed; dropping it returns
 //!   the slot to the ring. A slot being read has no handle at all, so the compute can never see
 //!   bytes the kernel is still writing.
-//! - Where io_uring is unavailable (old kernel, seccomp) a `pread` thread serves the same
-//!   requests ([`StreamReader::fallback_reason`] says why).
+//! - Where io_uring is unavailable (old kernel, seccomp) the I/O thread serves the same
+//!   requests with `pread` ([`StreamReader::fallback_reason`] says why).
 //!
 //! ```no_run
 //! use airllama_io::stream::{StreamOptions, StreamReader};
@@ -100,7 +101,7 @@ pub enum StreamError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The engine itself failed (submitting, waiting, starting the pread thread).
+    /// The engine itself failed (submitting, waiting, starting the I/O thread).
     #[error("streaming I/O: {0}")]
     Io(#[source] std::io::Error),
 }
