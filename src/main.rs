@@ -33,6 +33,8 @@ enum Command {
     Chat(cli::chat::Args),
     /// Write a synthetic model (random weights of a chosen shape) for tests and benchmarks.
     GenModel(cli::gen_model::Args),
+    /// Measure decode speed on this machine (resident or under --mem-budget) and the disk.
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Inference(args) => cli::inference::run(args),
         Command::Chat(args) => cli::chat::run(args),
         Command::GenModel(args) => cli::gen_model::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(code) => code,
