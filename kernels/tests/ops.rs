@@ -77,7 +77,13 @@ proptest! {
         for b in simd_backends() {
             let mut got = x.clone();
             ops::gelu(b, &mut got);
-            assert_close(b.isa(), "gelu", &got, &want, 1e-6, 1e-7);
+            // The SIMD builds fuse the inner multiply-add (as g++ does for dllama), and
+            // `1 + tanh(..)` cancels for negative x, so the difference scales with |x|, not
+            // with the (tiny) result: e.g. x = -3.4 gives -5.18e-4 with a 1e-7 gap.
+            for (i, ((&g, &w), &xi)) in got.iter().zip(&want).zip(&x).enumerate() {
+                let tol = 1e-6 * w.abs() + 1e-6 * xi.abs() + 1e-7;
+                prop_assert!((g - w).abs() <= tol, "{} gelu[{i}] of {xi}: {g} vs scalar {w}", b.isa());
+            }
         }
     }
 
