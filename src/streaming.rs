@@ -1053,15 +1053,7 @@ mod tests {
     #[test]
     fn spill_files_stream_back_what_was_written_and_never_outlive_their_use() {
         use crate::graph::{GraphParams, LlmGraph, SyncFloatType};
-        let shape = synthetic::LlamaShape {
-            dim: 64,
-            hidden_dim: 128,
-            n_layers: 3,
-            n_heads: 4,
-            n_kv_heads: 2,
-            vocab_size: 64,
-            seq_len: 16,
-        };
+        let shape = synthetic::LlamaShape::MINIATURE;
         let header = shape
             .params(airllama_kernels::block::FloatType::Q40)
             .to_header()
@@ -1137,15 +1129,7 @@ mod tests {
     fn a_root_spill_file_maps_the_embedding_instead_of_spilling_it() {
         use crate::graph::{GraphParams, LlmGraph, SyncFloatType};
         use airllama_io::layout::ModelLayout;
-        let shape = synthetic::LlamaShape {
-            dim: 64,
-            hidden_dim: 128,
-            n_layers: 3,
-            n_heads: 4,
-            n_kv_heads: 2,
-            vocab_size: 64,
-            seq_len: 16,
-        };
+        let shape = synthetic::LlamaShape::MINIATURE;
         let params = shape.params(airllama_kernels::block::FloatType::Q40);
         let dir = std::env::temp_dir().join(format!("airllama-root-spill-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1276,6 +1260,18 @@ pub mod synthetic {
             n_kv_heads: 32,
             vocab_size: 32000,
             seq_len: 4096,
+        };
+
+        /// A three-layer model of a few hundred kB (64-wide, 4 heads, 2 KV heads): enough for
+        /// units, slices and grouped-query attention in unit tests.
+        pub const MINIATURE: LlamaShape = LlamaShape {
+            dim: 64,
+            hidden_dim: 128,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 64,
+            seq_len: 16,
         };
 
         /// The header parameters: SiLU, rope theta 10000, weights of `weight_type`.
