@@ -157,6 +157,16 @@ impl StreamingOptions {
             read_depth: airllama_io::stream::DEFAULT_IN_FLIGHT,
         }
     }
+
+    /// The reader's options for the ring `plan` asks for.
+    fn reader_options(&self, plan: &ResidencyPlan) -> StreamOptions {
+        let mut o = StreamOptions::new(plan.n_slots, plan.slot_size as usize);
+        o.direct = self.direct;
+        o.engine = self.engine;
+        o.chunk_size = self.read_chunk;
+        o.max_in_flight = self.read_depth;
+        o
+    }
 }
 
 /// A group of ops whose weights are read together: their file ranges, in op order.
@@ -378,6 +388,32 @@ impl std::fmt::Debug for WeightStreamer {
 }
 
 impl WeightStreamer {
+    /// A feed with nothing read yet.
+    fn new(
+        reader: Option<StreamReader>,
+        map: Option<MappedFile>,
+        streamed: Vec<Range<u64>>,
+        sources: Vec<OpSource>,
+        overlap: bool,
+        release_map: Option<Vec<Range<u64>>>,
+        plan: ResidencyPlan,
+    ) -> WeightStreamer {
+        WeightStreamer {
+            reader,
+            map,
+            streamed,
+            sources,
+            overlap,
+            pending: VecDeque::new(),
+            next_submit: 0,
+            current: None,
+            units_read: 0,
+            release_map,
+            last_mapped_unit: None,
+            plan,
+        }
+    }
+
     /// `streamed[op]` for [`crate::executor::Executor::with_streamed_weights`]: every op the
     /// executor must not hold.
     pub fn streamed_ops(&self) -> Vec<bool> {
@@ -685,29 +721,22 @@ impl ModelStreaming {
         let reader = if streamed.is_empty() || map_mode != MapMode::Off {
             None
         } else {
-            let mut o = StreamOptions::new(residency.n_slots, residency.slot_size as usize);
-            o.direct = options.direct;
-            o.engine = options.engine;
-            o.chunk_size = options.read_chunk;
-            o.max_in_flight = options.read_depth;
-            Some(StreamReader::open(path, &o)?)
+            Some(StreamReader::open(
+                path,
+                &options.reader_options(&residency),
+            )?)
         };
         let release_map = (map_mode == MapMode::Released).then(|| streamed.clone());
         Ok(ModelStreaming {
-            streamer: WeightStreamer {
+            streamer: WeightStreamer::new(
                 reader,
                 map,
                 streamed,
                 sources,
-                overlap: options.overlap,
-                pending: VecDeque::new(),
-                next_submit: 0,
-                current: None,
-                units_read: 0,
+                options.overlap,
                 release_map,
-                last_mapped_unit: None,
-                plan: residency,
-            },
+                residency,
+            ),
         })
     }
 
@@ -935,13 +964,10 @@ impl SpillFile {
         let reader = if self.units.is_empty() {
             None
         } else {
-            let mut o =
-                StreamOptions::new(self.residency.n_slots, self.residency.slot_size as usize);
-            o.direct = options.direct;
-            o.engine = options.engine;
-            o.chunk_size = options.read_chunk;
-            o.max_in_flight = options.read_depth;
-            Some(StreamReader::open(&self.path, &o))
+            Some(StreamReader::open(
+                &self.path,
+                &options.reader_options(&self.residency),
+            ))
         };
         let _ = std::fs::remove_file(&self.path);
         let reader = reader.transpose()?;
@@ -974,20 +1000,15 @@ impl SpillFile {
                 };
             }
         }
-        Ok(WeightStreamer {
+        Ok(WeightStreamer::new(
             reader,
             map,
             streamed,
             sources,
-            overlap: options.overlap,
-            pending: VecDeque::new(),
-            next_submit: 0,
-            current: None,
-            units_read: 0,
-            release_map: None,
-            last_mapped_unit: None,
-            plan: self.residency.clone(),
-        })
+            options.overlap,
+            None,
+            self.residency.clone(),
+        ))
     }
 }
 
