@@ -7,9 +7,12 @@
 //! docs/PERFORMANCE.md). `AIRLLAMA_BENCH_ISA=avx2` (etc.) limits the run to one backend.
 use airllama_kernels::backend::{Backend, Isa};
 use airllama_kernels::block::{FloatType, Q40Block, Q80Block};
-use airllama_kernels::matmul::{matmul_f32, matmul_order, matmul_q80_q40};
+use airllama_kernels::matmul::{MatmulOrder, matmul_f32, matmul_order, matmul_q80_q40};
 use airllama_kernels::quant::quantize_q80;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -75,25 +78,41 @@ fn bench_q80_q40(c: &mut Criterion) {
         let w = q40_weights(&mut rng, d * nb);
         for batch in [1usize, 32] {
             let x = q80_input(&mut rng, batch * nb);
-            let mut out = vec![0.0f32; d * batch];
-            group.throughput(Throughput::Elements((d * n * batch) as u64));
-            for backend in backends() {
-                let order =
-                    matmul_order(backend, batch, n, FloatType::Q40, FloatType::Q80, true).unwrap();
-                let id = BenchmarkId::new(
-                    format!("{}/{d}x{n}", backend.isa()),
-                    format!("batch{batch}"),
-                );
-                group.bench_function(id, |b| {
-                    b.iter(|| {
-                        let mut outs: Vec<&mut [f32]> = out.chunks_mut(d).collect();
-                        matmul_q80_q40(backend, order, &mut outs, black_box(&x), black_box(&w), n);
-                    })
-                });
-            }
+            let types = (FloatType::Q40, FloatType::Q80);
+            bench_case(&mut group, (d, n, batch), &x, &w, types, matmul_q80_q40);
         }
     }
     group.finish();
+}
+
+/// The signature `matmul_f32` and `matmul_q80_q40` share.
+type MatmulKernel<X, W> = fn(Backend, MatmulOrder, &mut [&mut [f32]], &[X], &[W], usize);
+
+/// Times `kernel` on `d × n` weights at `batch`, on every backend, in the order dllama's build
+/// would use for `(weight, input)` types.
+fn bench_case<X, W>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    (d, n, batch): (usize, usize, usize),
+    x: &[X],
+    w: &[W],
+    (weight_type, input_type): (FloatType, FloatType),
+    kernel: MatmulKernel<X, W>,
+) {
+    let mut out = vec![0.0f32; d * batch];
+    group.throughput(Throughput::Elements((d * n * batch) as u64));
+    for backend in backends() {
+        let order = matmul_order(backend, batch, n, weight_type, input_type, true).unwrap();
+        let id = BenchmarkId::new(
+            format!("{}/{d}x{n}", backend.isa()),
+            format!("batch{batch}"),
+        );
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                let mut outs: Vec<&mut [f32]> = out.chunks_mut(d).collect();
+                kernel(backend, order, &mut outs, black_box(x), black_box(w), n);
+            })
+        });
+    }
 }
 
 fn bench_f32(c: &mut Criterion) {
@@ -107,22 +126,8 @@ fn bench_f32(c: &mut Criterion) {
     let w: Vec<f32> = (0..d * n).map(|_| rng.float()).collect();
     for batch in [1usize, 32] {
         let x: Vec<f32> = (0..n * batch).map(|_| rng.float()).collect();
-        let mut out = vec![0.0f32; d * batch];
-        group.throughput(Throughput::Elements((d * n * batch) as u64));
-        for backend in backends() {
-            let order =
-                matmul_order(backend, batch, n, FloatType::F32, FloatType::F32, true).unwrap();
-            let id = BenchmarkId::new(
-                format!("{}/{d}x{n}", backend.isa()),
-                format!("batch{batch}"),
-            );
-            group.bench_function(id, |b| {
-                b.iter(|| {
-                    let mut outs: Vec<&mut [f32]> = out.chunks_mut(d).collect();
-                    matmul_f32(backend, order, &mut outs, black_box(&x), black_box(&w), n);
-                })
-            });
-        }
+        let types = (FloatType::F32, FloatType::F32);
+        bench_case(&mut group, (d, n, batch), &x, &w, types, matmul_f32);
     }
     group.finish();
 }
