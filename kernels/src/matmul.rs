@@ -34,6 +34,22 @@ use crate::block::{BLOCK_SIZE, FloatType, Q40Block, Q80Block};
 use crate::quant::foreign_isa;
 use crate::scalar;
 
+/// The `R` weight rows from `r0` of a row-major `w` with `row_len` elements per row, as the
+/// row-tiled kernels take them: rows past `rows` repeat the last row (their results are
+/// discarded), so a tail tile needs no separate code path.
+#[inline(always)]
+pub(crate) fn row_tile<T, const R: usize>(
+    w: &[T],
+    r0: usize,
+    rows: usize,
+    row_len: usize,
+) -> [&[T]; R] {
+    core::array::from_fn(|i| {
+        let r = (r0 + i).min(rows - 1);
+        &w[r * row_len..(r + 1) * row_len]
+    })
+}
+
 /// Which dllama kernel (and so which summation order) a matmul runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulOrder {

@@ -8,6 +8,7 @@
 //! * without dotprod, `vmull_s8` + `vpaddlq_s16`: lane `i` holds values
 //!   `{2i, 2i+1, 8+2i, 9+2i}` of each 16-value half;
 //! * with dotprod, `sdot`: lane `i` holds values `{4i..4i+4}` of each half.
+use crate::matmul::row_tile;
 use core::arch::aarch64::*;
 
 use crate::block::{Q40Block, Q80Block};
@@ -34,11 +35,7 @@ pub(crate) unsafe fn matmul_f32_neon(outs: &mut [&mut [f32]], xs: &[f32], w: &[f
     let full = n / 4 * 4;
     let mut r0 = 0;
     while r0 < rows {
-        // Rows past the end repeat the last row; their results are discarded.
-        let row: [&[f32]; ROWS] = core::array::from_fn(|i| {
-            let r = (r0 + i).min(rows - 1);
-            &w[r * n..(r + 1) * n]
-        });
+        let row: [&[f32]; ROWS] = row_tile(w, r0, rows, n);
         for (b, out) in outs.iter_mut().enumerate() {
             let x = &xs[b * n..(b + 1) * n];
             let mut x_tail = [0.0f32; 4];
@@ -178,10 +175,7 @@ pub(crate) unsafe fn matmul_q80_q40_neon(
     let rows = outs.first().map_or(0, |o| o.len());
     let mut r0 = 0;
     while r0 < rows {
-        let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
-            let r = (r0 + i).min(rows - 1);
-            &w[r * nb..(r + 1) * nb]
-        });
+        let row: [&[Q40Block]; ROWS] = row_tile(w, r0, rows, nb);
         for (b, out) in outs.iter_mut().enumerate() {
             let x = &xs[b * nb..(b + 1) * nb];
             let mut acc = [[vdupq_n_f32(0.0); 4]; ROWS];
@@ -240,10 +234,7 @@ pub(crate) unsafe fn matmul_q80_q40_dotprod(
     let rows = outs.first().map_or(0, |o| o.len());
     let mut r0 = 0;
     while r0 < rows {
-        let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
-            let r = (r0 + i).min(rows - 1);
-            &w[r * nb..(r + 1) * nb]
-        });
+        let row: [&[Q40Block]; ROWS] = row_tile(w, r0, rows, nb);
         for (b, out) in outs.iter_mut().enumerate() {
             let x = &xs[b * nb..(b + 1) * nb];
             let mut acc = [[vdupq_n_f32(0.0); 4]; ROWS];

@@ -6,6 +6,7 @@
 //! The tile shape and thread split of tinyBLAS only decide which thread computes an element;
 //! the tile here (rows × batch items) is chosen for this code's registers. F32 tinyBLAS on
 //! AArch64 (`tinyBLAS<4, float32x4_t>`) equals the per-row F32 kernel and lives there.
+use crate::matmul::row_tile;
 use core::arch::aarch64::*;
 
 use super::matmul::{block_scale, hsum4, lanes_sdot, mla_unfused, q40_values, q80_values};
@@ -37,10 +38,7 @@ pub(crate) unsafe fn matmul_q80_q40_dotprod(
     // cache while every batch item passes over them.
     let mut r0 = 0;
     while r0 < rows {
-        let row: [&[Q40Block]; RM] = core::array::from_fn(|i| {
-            let r = (r0 + i).min(rows - 1);
-            &w[r * nb..(r + 1) * nb]
-        });
+        let row: [&[Q40Block]; RM] = row_tile(w, r0, rows, nb);
         let mut b0 = 0;
         while b0 < items {
             // Items past the end repeat the last item; their results are discarded.

@@ -7,6 +7,7 @@
 //! serves both. The integer dot is computed here with `vpmaddubsw` on the unsigned 4-bit codes
 //! minus the same for a constant 8 (exact: every pair sum stays within ±2048), and four rows are
 //! reduced together so their float chains run side by side.
+use crate::matmul::row_tile;
 use core::arch::x86_64::*;
 
 use crate::block::{Q40Block, Q80Block};
@@ -189,11 +190,7 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
     let ones = _mm256_set1_epi16(1);
     let mut r0 = 0;
     while r0 < rows {
-        // Rows past the end repeat the last row; their results are discarded.
-        let row: [&[Q40Block]; ROWS] = core::array::from_fn(|i| {
-            let r = (r0 + i).min(rows - 1);
-            &w[r * nb..(r + 1) * nb]
-        });
+        let row: [&[Q40Block]; ROWS] = row_tile(w, r0, rows, nb);
         for (b, out) in outs.iter_mut().enumerate() {
             let x = &xs[b * nb..(b + 1) * nb];
             let mut sum = _mm_setzero_ps();
