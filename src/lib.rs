@@ -8,6 +8,7 @@ pub mod graph;
 pub mod replay;
 pub mod root;
 pub mod sampler;
+pub mod shared_storage;
 pub mod streaming;
 pub mod tokenizer;
 pub mod worker;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use airllama_io::layout::{LayoutError, ModelLayout, TensorRole};
 use airllama_io::model::{ModelConfig, ModelHeader, ReadModelHeaderError};
 use airllama_kernels::backend::Backend;
+use airllama_net::shared_storage::{LoadResult, ROOT_GREETING_WAIT};
 use airllama_net::transport::{NetError, Network};
 use airllama_net::{ControlPacket, PeerAddress, SyncStep, WeightMessage};
 
@@ -36,6 +37,7 @@ use crate::graph::{
     GraphError, GraphParams, LlmGraph, SyncFloatType, WeightPlan, WeightPlanError,
     check_dllama_root_limits,
 };
+use crate::shared_storage::{IdentityTable, SharedStorageError, TableSource};
 use crate::streaming::{
     MapMode, ModelStreaming, SpillFile, StreamStats, StreamingError, StreamingOptions,
     WeightStreamer, op_number,
@@ -60,6 +62,12 @@ pub struct RootOptions {
     pub backend: Backend,
     /// Most bytes the root's own graph may allocate.
     pub max_memory: u64,
+    /// `--shared-storage`: airllama workers started with `--model` load their slices from
+    /// their own copy of the model (verified against this one) instead of receiving them; the
+    /// others get dllama's transfer.
+    pub shared_storage: bool,
+    /// Where the identity table of `--shared-storage` is cached (`None`: not cached).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Why the root could not start or a forward failed. Each variant names the file, the worker
@@ -172,6 +180,19 @@ pub enum RootError {
     /// The prompt does not fit the context or the step budget.
     #[error("prompt: {0}")]
     Prompt(String),
+    /// A worker refused to load its slices from its own model file.
+    #[error("worker {address} (node {node}) cannot load from shared storage: {reason}")]
+    SharedStorage {
+        /// `host:port`.
+        address: String,
+        /// Its node index.
+        node: u32,
+        /// The worker's reason (its file, and what differs).
+        reason: String,
+    },
+    /// The identity table of the root's model could not be made.
+    #[error("identity table of the model for --shared-storage")]
+    Identity(#[source] SharedStorageError),
     /// The sampler (or whatever picks the next token) failed.
     #[error("sampling at position {position}: {what}")]
     Sample {
@@ -213,6 +234,26 @@ pub enum RootEvent {
     },
     /// Turbo mode is on.
     Turbo,
+    /// `--shared-storage`: which workers load from their own storage and which receive.
+    SharedStorage {
+        /// Workers that greeted: they load locally.
+        local: Vec<String>,
+        /// Workers that did not (C++ workers, airllama workers without `--model`).
+        classic: Vec<String>,
+    },
+    /// Digesting the model for the identity table (first run for this file and node count).
+    Hashing(LoadProgress),
+    /// The identity table is ready.
+    IdentityReady(TableSource),
+    /// A worker loaded its slices from its own storage.
+    LoadedLocally {
+        /// `host:port`.
+        address: String,
+        /// Bytes it read and verified.
+        bytes: u64,
+        /// Its load time.
+        elapsed: Duration,
+    },
 }
 
 /// Timing and traffic of one forward.
@@ -501,20 +542,43 @@ impl Root {
         };
 
         let workers_text = address_list(&options.workers);
-        let mut network = if options.workers.is_empty() {
-            None
+        let connect_err = |source| RootError::Connect {
+            workers: workers_text.clone(),
+            source,
+        };
+        // `local[c]`: worker connection `c` loads its slices from its own storage.
+        let (mut network, local) = if options.workers.is_empty() {
+            (None, Vec::new())
+        } else if options.shared_storage {
+            let (network, greeted) =
+                Network::connect_to_workers_shared(&options.workers, ROOT_GREETING_WAIT)
+                    .map_err(connect_err)?;
+            (Some(network), greeted)
         } else {
-            let network = Network::connect_to_workers(&options.workers).map_err(|source| {
-                RootError::Connect {
-                    workers: workers_text.clone(),
-                    source,
-                }
-            })?;
+            let network = Network::connect_to_workers(&options.workers).map_err(connect_err)?;
+            (Some(network), vec![false; options.workers.len()])
+        };
+        if network.is_some() {
             events(RootEvent::Connected {
                 workers: options.workers.iter().map(address).collect(),
             });
-            Some(network)
-        };
+        }
+        if options.shared_storage && network.is_some() {
+            let pick = |want: bool| {
+                options
+                    .workers
+                    .iter()
+                    .zip(&local)
+                    .filter(|(_, l)| **l == want)
+                    .map(|(w, _)| address(w))
+                    .collect()
+            };
+            events(RootEvent::SharedStorage {
+                local: pick(true),
+                classic: pick(false),
+            });
+        }
+        let is_local = |node: u32| node > 0 && local.get(node as usize - 1) == Some(&true);
         let worker_err = |connection: u32, what: &'static str| {
             let address = options
                 .workers
@@ -537,7 +601,36 @@ impl Root {
             }
         }
 
-        let total: u64 = plan.loads().iter().map(|l| l.header.n_bytes).sum();
+        if let Some(network) = network.as_mut()
+            && local.contains(&true)
+        {
+            let (table, source) = IdentityTable::load_or_build(
+                &file,
+                &path,
+                header.header_size(),
+                &plan,
+                options.cache_dir.as_deref(),
+                &mut |done, total| events(RootEvent::Hashing(LoadProgress { done, total })),
+            )
+            .map_err(RootError::Identity)?;
+            events(RootEvent::IdentityReady(source));
+            // Every request goes out before any byte is read here: the workers load in
+            // parallel with the root and with the classic transfers.
+            for connection in 0..network.n_connections() {
+                if is_local(connection + 1) {
+                    let request = table.request(&plan, connection + 1, &graph.params);
+                    network
+                        .send_load_request(connection, &request)
+                        .map_err(worker_err(connection, "sending the load request"))?;
+                }
+            }
+        }
+        let total: u64 = plan
+            .loads()
+            .iter()
+            .filter(|l| !is_local(l.node))
+            .map(|l| l.header.n_bytes)
+            .sum();
         events(RootEvent::LoadingWeights { total });
         let started = Instant::now();
         let mut done = 0u64;
@@ -554,6 +647,9 @@ impl Root {
             _ => LOAD_CHUNK,
         };
         for load in plan.loads() {
+            if is_local(load.node) {
+                continue;
+            }
             if load.node == 0 {
                 let resident = match &own {
                     OwnWeights::Resident => true,
@@ -620,10 +716,37 @@ impl Root {
         };
         if let Some(network) = network.as_mut() {
             for connection in 0..network.n_connections() {
-                network
-                    .write(connection, &0u32.to_le_bytes())
-                    .and_then(|()| network.read_ack(connection))
-                    .map_err(worker_err(connection, "ending the weight stream"))?;
+                if !is_local(connection + 1) {
+                    network
+                        .write(connection, &0u32.to_le_bytes())
+                        .and_then(|()| network.read_ack(connection))
+                        .map_err(worker_err(connection, "ending the weight stream"))?;
+                    continue;
+                }
+                let address = options
+                    .workers
+                    .get(connection as usize)
+                    .map(address)
+                    .unwrap_or_default();
+                match network.read_load_result(connection).map_err(worker_err(
+                    connection,
+                    "waiting for its shared-storage load",
+                ))? {
+                    LoadResult::Loaded { bytes_read, millis } => {
+                        events(RootEvent::LoadedLocally {
+                            address,
+                            bytes: bytes_read,
+                            elapsed: Duration::from_millis(millis),
+                        });
+                    }
+                    LoadResult::Refused { reason } => {
+                        return Err(RootError::SharedStorage {
+                            address,
+                            node: connection + 1,
+                            reason,
+                        });
+                    }
+                }
             }
             network.reset_stats();
         }

@@ -5,14 +5,18 @@
 //! forward per control packet until the stop packet. Anything that goes wrong in a session — a
 //! socket error, a malformed or unsupported config, a failed op — is logged with what was wrong
 //! and ends that session only: the sockets are closed and the worker accepts the next root.
+use std::path::PathBuf;
 use std::time::Instant;
 
 use airllama_kernels::backend::Backend;
 use airllama_net::SyncStep;
+use airllama_net::shared_storage::LoadResult;
 use airllama_net::transport::{ControlReader, Listener, NetError, Network, WorkerSession};
+use airllama_net::{NetConfig, NodeConfig};
 
 use crate::executor::{Executor, ExecutorError, ExecutorOptions, Synchronizer, WeightFeed};
-use crate::streaming::{SpillFile, StreamingError, StreamingOptions};
+use crate::shared_storage::{LocalModel, SharedStorageError};
+use crate::streaming::{SpillFile, StreamingError, StreamingOptions, WeightStreamer};
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -32,6 +36,12 @@ pub struct WorkerOptions {
     /// `--mem-budget`: weights that do not fit are spilled to a file as they arrive and
     /// streamed back each forward (`None` = all resident).
     pub streaming: Option<StreamingOptions>,
+    /// `--model`: this node's copy of the model. With it the worker offers a root started with
+    /// `--shared-storage` to load its slices from here instead of receiving them (see
+    /// [`airllama_net::shared_storage`]); other roots see no difference.
+    pub model: Option<PathBuf>,
+    /// Where the slice cache of a shared-storage session under `--mem-budget` goes.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Why a session ended early.
@@ -47,6 +57,10 @@ pub enum SessionError {
     /// The graph could not be built or a forward failed.
     #[error("executor: {0}")]
     Executor(#[from] ExecutorError),
+    /// The root asked for a shared-storage load and this node's model file cannot serve it
+    /// (the root was told why).
+    #[error("shared storage: {0}")]
+    SharedStorage(#[from] SharedStorageError),
 }
 
 /// Why the worker stopped serving altogether.
@@ -143,41 +157,18 @@ pub fn serve(options: &WorkerOptions, log: &mut dyn FnMut(&str)) -> Result<(), L
     }
 }
 
-/// Serves one root session on `listener`: returns the number of forwards run when the root
-/// sent the stop packet.
-pub fn serve_session(
-    listener: &Listener,
+/// dllama's weight transfer: reads every record the root sends into the executor (or, under
+/// `--mem-budget`, the streamed ones into a spill file).
+fn receive_weights(
+    session: &mut WorkerSession,
     options: &WorkerOptions,
+    net: &NetConfig,
+    node: &NodeConfig,
+    exec_options: &ExecutorOptions,
     log: &mut dyn FnMut(&str),
-) -> Result<u64, SessionError> {
-    let mut session: WorkerSession = listener.accept_root()?;
-    let hello = &session.handshake;
-    log(&format!(
-        "root connected: this is node {} of {} (worker index {})",
-        hello.node_index(),
-        hello.n_workers + 1,
-        hello.worker_index
-    ));
-    for (i, peer) in hello.peers.iter().enumerate() {
-        let how = if hello.connects_to_peer(i as u32) {
-            "connected to"
-        } else {
-            "accepted"
-        };
-        log(&format!("peer worker {}:{} {how}", peer.host, peer.port));
-    }
-    log("network initialised");
-    let net = session.read_net_config()?;
-    let node = session.read_node_config(&net)?;
-    let required = node.required_memory(&net);
-    log(&format!("memory required: {} MB", required / (1024 * 1024)));
-    let exec_options = ExecutorOptions {
-        backend: options.backend,
-        n_threads: options.n_threads,
-        max_memory: options.max_memory,
-    };
+) -> Result<(Executor, Option<WeightStreamer>), SessionError> {
     let mut spill = match &options.streaming {
-        Some(s) => SpillFile::create(&node, s)?,
+        Some(s) => SpillFile::create(node, s)?,
         None => None,
     };
     let mut executor = match &spill {
@@ -187,9 +178,9 @@ pub fn serve_session(
                 spill.plan().resident_bytes / 1000,
                 spill.path().display()
             ));
-            Executor::with_streamed_weights(&net, &node, &exec_options, spill.streamed_ops())?
+            Executor::with_streamed_weights(net, node, exec_options, spill.streamed_ops())?
         }
-        None => Executor::new(&net, &node, &exec_options)?,
+        None => Executor::new(net, node, exec_options)?,
     };
     if let Some(path) = std::env::var_os("AIRLLAMA_DUMP_OPS") {
         executor.set_op_observer(dump_first_forward(&path, log));
@@ -197,10 +188,10 @@ pub fn serve_session(
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut buffer = Vec::new();
-    while let Some((_, target)) = session.next_weight(&node)? {
+    while let Some((_, target)) = session.next_weight(node)? {
         match spill
             .as_mut()
-            .and_then(|s| Some((s.spills(&node, &target)?, s)))
+            .and_then(|s| Some((s.spills(node, &target)?, s)))
         {
             Some((op, spill)) => {
                 // The record was checked against the op's weight size by `next_weight`.
@@ -222,13 +213,107 @@ pub fn serve_session(
         started.elapsed().as_millis()
     ));
     drop(buffer);
-    let mut streamer = match (spill, &options.streaming) {
+    let streamer = match (spill, &options.streaming) {
         (Some(spill), Some(s)) => {
             let streamer = spill.finish(s)?;
             log(&streamer.describe());
             Some(streamer)
         }
         _ => None,
+    };
+    Ok((executor, streamer))
+}
+
+/// A shared-storage session: reads the root's load request, loads this node's slices from
+/// `model` (each record verified against the root's digest) and answers with the outcome. A
+/// refusal is sent to the root with its reason before the session ends.
+fn load_shared(
+    session: &mut WorkerSession,
+    model: &std::path::Path,
+    net: &NetConfig,
+    node: &NodeConfig,
+    exec_options: &ExecutorOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Executor, Option<WeightStreamer>), SessionError> {
+    let request = session.read_load_request()?;
+    let node_index = session.handshake.node_index();
+    log(&format!(
+        "shared storage: loading {} records from {}",
+        request.records.len(),
+        model.display()
+    ));
+    let loaded = (|| {
+        let local = LocalModel::open(model)?;
+        let plan = local.plan_for(&request, net, node, node_index)?;
+        let mut executor = Executor::new(net, node, exec_options)?;
+        let load = local.load_resident(&plan, node_index, &request, &mut executor)?;
+        Ok::<_, SharedStorageError>((executor, load))
+    })();
+    match loaded {
+        Ok((executor, load)) => {
+            log(&format!(
+                "weights loaded from {}: {} records, {} kB verified in {} ms",
+                model.display(),
+                load.records,
+                load.bytes / 1024,
+                load.elapsed.as_millis()
+            ));
+            session.send_load_result(&LoadResult::Loaded {
+                bytes_read: load.bytes,
+                millis: load.elapsed.as_millis() as u64,
+            })?;
+            Ok((executor, None))
+        }
+        Err(e) => {
+            // The root learns why; this session ends either way.
+            let _ = session.send_load_result(&LoadResult::Refused {
+                reason: e.to_string(),
+            });
+            Err(e.into())
+        }
+    }
+}
+
+/// Serves one root session on `listener`: returns the number of forwards run when the root
+/// sent the stop packet.
+pub fn serve_session(
+    listener: &Listener,
+    options: &WorkerOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<u64, SessionError> {
+    let mut session: WorkerSession = listener.accept_root_greeting(options.model.is_some())?;
+    let hello = &session.handshake;
+    log(&format!(
+        "root connected: this is node {} of {} (worker index {})",
+        hello.node_index(),
+        hello.n_workers + 1,
+        hello.worker_index
+    ));
+    if session.shared_storage {
+        log("the root asks for a shared-storage session: weights come from this node's model file");
+    }
+    let hello = &session.handshake;
+    for (i, peer) in hello.peers.iter().enumerate() {
+        let how = if hello.connects_to_peer(i as u32) {
+            "connected to"
+        } else {
+            "accepted"
+        };
+        log(&format!("peer worker {}:{} {how}", peer.host, peer.port));
+    }
+    log("network initialised");
+    let net = session.read_net_config()?;
+    let node = session.read_node_config(&net)?;
+    let required = node.required_memory(&net);
+    log(&format!("memory required: {} MB", required / (1024 * 1024)));
+    let exec_options = ExecutorOptions {
+        backend: options.backend,
+        n_threads: options.n_threads,
+        max_memory: options.max_memory,
+    };
+    let (mut executor, mut streamer) = match (&options.model, session.shared_storage) {
+        (Some(model), true) => load_shared(&mut session, model, &net, &node, &exec_options, log)?,
+        _ => receive_weights(&mut session, options, &net, &node, &exec_options, log)?,
     };
     let verbose = options.streaming.as_ref().is_some_and(|s| s.verbose);
     let mut control = ControlReader::new(options.turbo);

@@ -22,6 +22,8 @@ fn options(model: PathBuf, workers: Vec<PeerAddress>) -> RootOptions {
         turbo: false,
         backend: Backend::detect(),
         max_memory: u64::MAX,
+        shared_storage: false,
+        cache_dir: None,
     }
 }
 

@@ -144,6 +144,8 @@ fn options(g: &Golden, workers: Vec<PeerAddress>, backend: Backend) -> RootOptio
         turbo: true,
         backend,
         max_memory: u64::MAX,
+        shared_storage: false,
+        cache_dir: None,
     }
 }
 

@@ -52,6 +52,8 @@ fn run(
         turbo: false,
         backend,
         max_memory: u64::MAX,
+        shared_storage: false,
+        cache_dir: None,
     };
     let mut root = Root::open(&options, &mut |_| {}).expect("root opens");
     let prompt = tokenizer.encode(PROMPT, true, true).unwrap();

@@ -26,6 +26,8 @@ fn options(model: &Path) -> RootOptions {
         turbo: false,
         backend: Backend::detect(),
         max_memory: u64::MAX,
+        shared_storage: false,
+        cache_dir: None,
     }
 }
 
@@ -113,6 +115,8 @@ fn with_worker(path: &Path, streaming: Option<&StreamingOptions>) -> Vec<Vec<f32
             backend: Backend::detect(),
             max_memory: u64::MAX,
             streaming: None,
+            model: None,
+            cache_dir: None,
         };
         serve_session(&listener, &options, &mut |_| {}).map_err(|e| e.to_string())
     });

@@ -38,6 +38,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod messages;
 pub mod plan;
+pub mod shared_storage;
 #[cfg(feature = "std")]
 pub mod transport;
 

@@ -255,6 +255,36 @@ fn poll_fds(fds: &mut [libc::pollfd]) -> io::Result<()> {
     }
 }
 
+/// Waits up to `timeout` for `fd` to become readable (or hung up); false when the time ran out.
+fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(u128::from(!left.is_zero())))
+            .unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is one live, exclusively borrowed pollfd struct.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc > 0 {
+            return Ok(true);
+        }
+        if rc == 0 {
+            if left.is_zero() {
+                return Ok(false);
+            }
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// One turn of a turbo-mode busy wait, `turn` counting from 0. dllama retries at once; we
 /// also give the CPU away (`sched_yield`) every 64th turn, which costs nothing when no other
 /// thread wants the core and keeps two spinning peers on an oversubscribed machine from
@@ -380,6 +410,38 @@ impl Connection {
                 Err(e) => return Err(self.io(context, e)),
             }
         }
+    }
+
+    /// Reads exactly `buf.len()` bytes, waiting at most until `deadline` (a blocking socket
+    /// that sleeps in `poll`); false when the time ran out before they all arrived.
+    fn read_exact_before(
+        &mut self,
+        buf: &mut [u8],
+        deadline: std::time::Instant,
+        context: &'static str,
+    ) -> Result<bool> {
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..) {
+            if rest.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ready = self.ahead_start < self.ahead.len()
+                || wait_readable(self.stream.as_raw_fd(), left).map_err(|e| self.io(context, e))?;
+            if !ready {
+                return Ok(false);
+            }
+            self.stream
+                .set_nonblocking(true)
+                .map_err(|e| self.io(context, e))?;
+            let got = self.read_some(rest, context);
+            self.stream
+                .set_nonblocking(false)
+                .map_err(|e| self.io(context, e))?;
+            done += got?.unwrap_or(0);
+        }
+        self.received += buf.len() as u64;
+        Ok(true)
     }
 
     /// dllama's `tryReadSocket`: reads all of `buf`; with `max_attempts > 0` gives up (false)
@@ -795,20 +857,113 @@ impl Network {
     /// sends each its handshake and reads its ACK, then sends every worker the root-ready ACK.
     /// Connection `i` is worker `i` (node `i + 1`).
     pub fn connect_to_workers(workers: &[PeerAddress]) -> Result<Network> {
+        Ok(Network::connect_inner(workers, None)?.0)
+    }
+
+    /// As [`Network::connect_to_workers`] for a root that loads from shared storage (see
+    /// [`crate::shared_storage`]): connects to every worker, waits up to `wait` in silence for
+    /// their greetings, answers each greeting, then greets all workers as dllama does. Returns
+    /// the network and, per worker, whether it greeted (and so will load its own slices).
+    pub fn connect_to_workers_shared(
+        workers: &[PeerAddress],
+        wait: Duration,
+    ) -> Result<(Network, Vec<bool>)> {
+        Network::connect_inner(workers, Some(wait))
+    }
+
+    fn connect_inner(
+        workers: &[PeerAddress],
+        greeting_wait: Option<Duration>,
+    ) -> Result<(Network, Vec<bool>)> {
         let n_workers = u32::try_from(workers.len())
             .ok()
             .filter(|n| (1..=crate::limits::MAX_WORKERS).contains(n))
             .ok_or(NetError::Usage {
                 context: "worker count out of range",
             })?;
+        let mut greeted = vec![false; workers.len()];
         let mut conns = Vec::with_capacity(workers.len());
+        if let Some(wait) = greeting_wait {
+            // Every connection first, so that the workers' silence windows run in parallel.
+            for (i, worker) in workers.iter().enumerate() {
+                let peer = Peer {
+                    connection: i as u32,
+                    node: i as u32 + 1,
+                };
+                conns.push(Connection::new(connect(worker)?, peer)?);
+            }
+            let deadline = std::time::Instant::now() + wait;
+            let mut pending: Vec<usize> = (0..conns.len()).collect();
+            while !pending.is_empty() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let mut fds: Vec<libc::pollfd> = pending
+                    .iter()
+                    .map(|&i| libc::pollfd {
+                        fd: conns[i].stream.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+                // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfds.
+                let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+                if rc < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(NetError::Poll { source: e });
+                }
+                if rc == 0 {
+                    break;
+                }
+                let mut still = Vec::new();
+                for (k, &i) in pending.iter().enumerate() {
+                    if fds[k].revents == 0 {
+                        still.push(i);
+                        continue;
+                    }
+                    let conn = &mut conns[i];
+                    let mut bytes = [0u8; crate::shared_storage::GREETING_SIZE];
+                    // A worker writes its greeting in one send; allow a round trip or two
+                    // for its tail.
+                    let tail = deadline.max(std::time::Instant::now() + Duration::from_secs(2));
+                    if !conn.read_exact_before(&mut bytes, tail, "reading the worker's greeting")? {
+                        return Err(NetError::Decode {
+                            peer: conn.peer,
+                            source: DecodeError::Truncated {
+                                context: "shared-storage greeting",
+                                needed: bytes.len(),
+                            },
+                        });
+                    }
+                    crate::shared_storage::WorkerGreeting::decode_prefix(&bytes).map_err(
+                        |source| NetError::Decode {
+                            peer: conn.peer,
+                            source,
+                        },
+                    )?;
+                    let mut reply = Vec::new();
+                    crate::shared_storage::RootReply {
+                        version: crate::shared_storage::PROTOCOL_VERSION,
+                        shared_storage: true,
+                    }
+                    .encode(&mut reply);
+                    conn.write_chunks(&reply, "answering the worker's greeting")?;
+                    greeted[i] = true;
+                }
+                pending = still;
+            }
+        }
         for (i, worker) in workers.iter().enumerate() {
-            let stream = connect(worker)?;
             let peer = Peer {
                 connection: i as u32,
                 node: i as u32 + 1,
             };
-            let mut conn = Connection::new(stream, peer)?;
+            if greeting_wait.is_none() {
+                conns.push(Connection::new(connect(worker)?, peer)?);
+            }
+            let conn = &mut conns[i];
             let hello = Handshake {
                 n_workers,
                 worker_index: i as u32,
@@ -826,13 +981,32 @@ impl Network {
             conn.try_read_exact(&mut word, 0, "reading handshake ACK")?;
             crate::messages::decode_ack(&word)
                 .map_err(|source| NetError::Decode { peer, source })?;
-            conns.push(conn);
         }
         let mut network = Network::new(conns);
         for i in 0..n_workers {
             network.write_ack(i)?;
         }
-        Ok(network)
+        Ok((network, greeted))
+    }
+
+    /// Sends worker `connection` the shared-storage load request (in place of its weight
+    /// records).
+    pub fn send_load_request(
+        &mut self,
+        connection: u32,
+        request: &crate::shared_storage::LoadRequest,
+    ) -> Result<()> {
+        let mut bytes = Vec::new();
+        request.encode(&mut bytes);
+        self.write(connection, &bytes)
+    }
+
+    /// Waits for worker `connection`'s answer to its load request.
+    pub fn read_load_result(
+        &mut self,
+        connection: u32,
+    ) -> Result<crate::shared_storage::LoadResult> {
+        self.read_message(connection, crate::shared_storage::LoadResult::decode_prefix)
     }
 }
 
@@ -970,12 +1144,47 @@ impl Listener {
     /// list order, connects to it if it is listed after this worker, else accepts the next
     /// incoming connection (dllama cannot tell which worker connects; neither can we).
     pub fn accept_root(&self) -> Result<WorkerSession> {
+        self.accept_root_greeting(false)
+    }
+
+    /// As [`Listener::accept_root`]; with `greet` (a worker that can read the model itself)
+    /// it greets a root that stays silent for [`crate::shared_storage::WORKER_SILENCE`] and
+    /// learns from the reply whether the session loads from shared storage
+    /// ([`WorkerSession::shared_storage`]). A root that speaks first gets dllama's protocol.
+    pub fn accept_root_greeting(&self, greet: bool) -> Result<WorkerSession> {
+        use crate::shared_storage::{GREETING_SIZE, RootReply, WORKER_SILENCE, WorkerGreeting};
         let root = self.accept()?;
         let root_peer = Peer {
             connection: 0,
             node: 0,
         };
         let mut root = Connection::new(root, root_peer)?;
+        let mut shared_storage = false;
+        if greet
+            && !wait_readable(root.stream.as_raw_fd(), WORKER_SILENCE)
+                .map_err(|e| root.io("waiting for the root's first byte", e))?
+        {
+            let mut bytes = Vec::new();
+            WorkerGreeting::current().encode(&mut bytes);
+            root.write_chunks(&bytes, "writing the shared-storage greeting")?;
+            let mut reply = [0u8; GREETING_SIZE];
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            if !root.read_exact_before(&mut reply, deadline, "reading the root's reply")? {
+                return Err(NetError::Decode {
+                    peer: root_peer,
+                    source: DecodeError::Truncated {
+                        context: "shared-storage reply",
+                        needed: reply.len(),
+                    },
+                });
+            }
+            let (reply, _) =
+                RootReply::decode_prefix(&reply).map_err(|source| NetError::Decode {
+                    peer: root_peer,
+                    source,
+                })?;
+            shared_storage = reply.shared_storage;
+        }
         let hello = root.read_message("handshake", Handshake::decode_prefix)?;
         root.write_chunks(&ACK.to_le_bytes(), "writing handshake ACK")?;
         let mut word = [0u8; 4];
@@ -1004,6 +1213,7 @@ impl Listener {
             network: Network::new(conns),
             weights_done: false,
             pending_weight: None,
+            shared_storage,
         })
     }
 }
@@ -1022,6 +1232,9 @@ pub struct WorkerSession {
     weights_done: bool,
     /// Data bytes of the last weight header, not yet read.
     pending_weight: Option<u64>,
+    /// The root asked for a shared-storage session: a [`crate::shared_storage::LoadRequest`]
+    /// follows the node config instead of weight records.
+    pub shared_storage: bool,
 }
 
 impl WorkerSession {
@@ -1030,6 +1243,20 @@ impl WorkerSession {
             connection: 0,
             node: 0,
         }
+    }
+
+    /// Reads the root's shared-storage load request (a session with
+    /// [`WorkerSession::shared_storage`], after the node config).
+    pub fn read_load_request(&mut self) -> Result<crate::shared_storage::LoadRequest> {
+        self.network
+            .read_message(0, crate::shared_storage::LoadRequest::decode_prefix)
+    }
+
+    /// Answers the load request.
+    pub fn send_load_result(&mut self, result: &crate::shared_storage::LoadResult) -> Result<()> {
+        let mut bytes = Vec::new();
+        result.encode(&mut bytes);
+        self.network.write(0, &bytes)
     }
 
     /// Reads the net config, checks it against the handshake (node count), and ACKs it.

@@ -218,6 +218,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         turbo: false,
         backend,
         max_memory: available_memory().unwrap_or(u64::MAX),
+        shared_storage: false,
+        cache_dir: None,
     };
     let streaming = args.mem_budget.map(StreamingOptions::new);
     let load_bar = progress_bar(

@@ -8,6 +8,7 @@ use airllama::chat_template::ChatTemplateKind;
 use airllama::graph::SyncFloatType;
 use airllama::root::{Root, RootEvent, RootOptions, Step, Summary, generate};
 use airllama::sampler::Sampler;
+use airllama::shared_storage::TableSource;
 use airllama::tokenizer::{StreamDecoder, Tokenizer};
 use airllama::worker::available_memory;
 use airllama_kernels::backend::Backend;
@@ -66,6 +67,15 @@ pub struct RootArgs {
     /// Print each forward's streaming statistics (bytes read, read time, compute, I/O wait).
     #[arg(long)]
     pub verbose: bool,
+    /// Zero-data movement: airllama workers started with --model load their slices from their
+    /// own copy of the model (each record verified against this file) instead of receiving
+    /// them; C++ workers and airllama workers without --model get the usual transfer.
+    #[arg(long)]
+    pub shared_storage: bool,
+    /// Where --shared-storage caches the model's identity table (default:
+    /// $AIRLLAMA_CACHE_DIR, $XDG_CACHE_HOME/airllama or ~/.cache/airllama).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 fn parse_sync_type(value: &str) -> Result<SyncFloatType, String> {
@@ -130,6 +140,11 @@ pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
         turbo: args.net_turbo == 1,
         backend,
         max_memory: available_memory().unwrap_or(u64::MAX),
+        shared_storage: args.shared_storage,
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .or_else(airllama::shared_storage::default_cache_dir),
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -156,6 +171,47 @@ pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
             say(&format!("💿 Weights loaded in {} ms", elapsed.as_millis()));
         }
         RootEvent::Turbo => say("🚁 Network is in non-blocking mode"),
+        RootEvent::SharedStorage { local, classic } => {
+            for w in &local {
+                say(&format!("📂 {w}: loads its slices from its own model file"));
+            }
+            for w in &classic {
+                say(&format!(
+                    "📡 {w}: did not offer shared storage (C++ worker, or no --model): sending its weights"
+                ));
+            }
+        }
+        RootEvent::Hashing(p) => {
+            if bar.length() != Some(p.total) {
+                say(
+                    "🔏 Digesting the model for the identity table (once per file and node count)...",
+                );
+                bar.set_length(p.total);
+            }
+            bar.set_position(p.done);
+        }
+        RootEvent::IdentityReady(source) => {
+            bar.finish_and_clear();
+            bar.reset();
+            match source {
+                TableSource::Cached(path) => say(&format!("🔏 Identity table: {}", path.display())),
+                TableSource::Built { saved: Ok(path) } => {
+                    say(&format!("🔏 Identity table saved to {}", path.display()))
+                }
+                TableSource::Built { saved: Err(why) } => {
+                    say(&format!("🔏 Identity table built (not cached: {why})"))
+                }
+            }
+        }
+        RootEvent::LoadedLocally {
+            address,
+            bytes,
+            elapsed,
+        } => say(&format!(
+            "📂 {address}: loaded and verified {} kB from its own storage in {} ms",
+            bytes / 1024,
+            elapsed.as_millis()
+        )),
     };
     say(&format!("🧠 CPU: {}", backend.isa()));
     let streaming = args.mem_budget.map(|budget| {

@@ -31,6 +31,15 @@ pub struct Args {
     /// Print each forward's streaming statistics.
     #[arg(long)]
     pub verbose: bool,
+    /// This node's copy of the model file (shared storage or an identical copy). A root
+    /// started with --shared-storage then has this worker load its slices from here, each
+    /// verified against the root's file, instead of sending them; other roots see no change.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Directory for the slice cache of --model with --mem-budget (default:
+    /// $AIRLLAMA_CACHE_DIR, $XDG_CACHE_HOME/airllama or ~/.cache/airllama).
+    #[arg(long)]
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the subcommand: serves until the port cannot be bound.
@@ -52,7 +61,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             s.verbose = args.verbose;
             s
         }),
+        model: args.model.clone(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .or_else(airllama::shared_storage::default_cache_dir),
     };
+    if let Some(model) = &args.model
+        && let Err(e) = std::fs::metadata(model)
+    {
+        // Shared storage may be mounted later; each session checks again.
+        eprintln!(
+            "warning: --model {}: {e}; roots asking for shared storage will be refused until it is readable",
+            model.display()
+        );
+    }
     let mut log = |line: &str| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
