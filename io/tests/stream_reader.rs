@@ -294,62 +294,149 @@ proptest! {
     }
 }
 
-/// Run by `memlock_limit_too_low_is_a_clear_error` in a child process whose memlock limit is
-/// 64 KiB and which cannot override it (no CAP_IPC_LOCK); does nothing otherwise.
+/// The memlock limit the fallback test sets: an unprivileged user's default.
+const CHILD_MEMLOCK: u64 = 8 << 20;
+
+/// `CAP_IPC_LOCK` from linux/capability.h (the libc crate does not export capabilities): the
+/// capability that lets a process lock memory beyond its limit.
+const CAP_IPC_LOCK: libc::c_ulong = 14;
+
+/// Run by `memlock_limit_too_low_falls_back_to_unlocked_buffers` in a child process that has no
+/// CAP_IPC_LOCK (root with it dropped from the bounding set, or user nobody); does nothing
+/// otherwise. Lowers its own RLIMIT_MEMLOCK to 8 MiB, opens a 16 MiB ring on the file the
+/// parent names, and checks that every byte reads back right and that the fallback was
+/// reported.
 #[test]
-fn memlock_child() {
-    if std::env::var("AIRLLAMA_MEMLOCK_CHILD").is_err() {
+fn memlock_fallback_child() {
+    let Ok(path) = std::env::var("AIRLLAMA_MEMLOCK_CHILD") else {
         return;
+    };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` read/write one `rlimit` through a pointer to a live
+    // local; lowering the soft limit needs no privilege.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim), 0);
+        lim.rlim_cur = CHILD_MEMLOCK.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim), 0);
     }
-    let (path, _) = data_file("memlock.bin", 10_000);
-    let err =
-        StreamReader::open(&path, &options(EngineChoice::Auto, true, 4, 1 << 20)).unwrap_err();
-    let msg = err.to_string();
+    let limit_kib = lim.rlim_cur / 1024;
+    let data = std::fs::read(&path).unwrap();
+    let slot = 4 << 20;
+    let mut reader = StreamReader::open(Path::new(&path), &StreamOptions::new(4, slot)).unwrap();
     assert!(
-        matches!(
-            err,
-            StreamError::Memlock {
-                limit: Some(65536),
-                ..
-            }
-        ),
-        "{msg}"
+        (reader.n_slots() * reader.slot_size()) as u64 > CHILD_MEMLOCK,
+        "the ring must exceed the limit"
     );
-    println!("MEMLOCK-CHILD-OK {msg}");
+    assert!(!reader.locked(), "locked a ring above the memlock limit");
+    let warning = reader
+        .warning()
+        .expect("the fallback must be reported")
+        .to_string();
+    assert!(
+        warning.contains(&format!("RLIMIT_MEMLOCK is {limit_kib} KiB"))
+            && warning.contains("unlocked buffers")
+            && warning.contains("ulimit -l"),
+        "{warning}"
+    );
+    if reader.engine_name() == "io_uring" {
+        // Registered buffers are charged to the same limit, so io_uring must read into
+        // unregistered buffers here (the `READ` path).
+        assert!(!reader.registered_buffers(), "registered above the limit");
+        assert!(warning.contains("unregistered io_uring reads"), "{warning}");
+    }
+    // Unaligned ranges that cover the whole file, each nearly a slot, then some small ones.
+    let len = data.len() as u64;
+    let mut ranges: Vec<Range<u64>> = (0..len)
+        .step_by(3_999_999)
+        .map(|s| s..(s + 3_999_999).min(len))
+        .collect();
+    ranges.extend([1..2, 4095..4097, len - 1..len, 1_000_001..1_200_000]);
+    check_ranges(&mut reader, &data, &ranges);
+    println!(
+        "MEMLOCK-CHILD-OK uid {} engine {} direct {} registered {}: {warning}",
+        // SAFETY: `getuid` only reads this process's credentials.
+        unsafe { libc::getuid() },
+        reader.engine_name(),
+        reader.is_direct(),
+        reader.registered_buffers()
+    );
 }
 
-#[test]
-fn memlock_limit_too_low_is_a_clear_error() {
-    let tools = ["/usr/bin/prlimit", "/usr/bin/setpriv"];
-    if tools.iter().any(|t| !Path::new(t).exists()) {
-        eprintln!("skipped: prlimit/setpriv not installed");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(tools[0])
-        .args([
-            "--memlock=65536:65536",
-            tools[1],
-            "--bounding-set",
-            "-ipc_lock",
-        ])
-        .arg(&exe)
-        .args(["--exact", "memlock_child", "--nocapture"])
-        .env("AIRLLAMA_MEMLOCK_CHILD", "1")
-        .output()
-        .unwrap();
+/// Runs `memlock_fallback_child` on `file` with `setup` applied to the command; returns its
+/// output.
+fn run_memlock_child(
+    file: &Path,
+    setup: impl FnOnce(&mut std::process::Command),
+) -> std::io::Result<std::process::Output> {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "memlock_fallback_child", "--nocapture"])
+        .env("AIRLLAMA_MEMLOCK_CHILD", file);
+    setup(&mut command);
+    command.output()
+}
+
+fn assert_child_ok(who: &str, out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && !stdout.contains("MEMLOCK-CHILD") && stderr.contains("setpriv") {
-        // Not allowed to change the bounding set (not root): nothing to test here.
-        eprintln!("skipped: cannot drop CAP_IPC_LOCK: {stderr}");
-        return;
-    }
     assert!(
         out.status.success() && stdout.contains("MEMLOCK-CHILD-OK"),
-        "{stdout}\n{stderr}"
+        "{who}: {}\n{stdout}\n{stderr}",
+        out.status
     );
-    assert!(stdout.contains("ulimit -l"), "{stdout}");
+    eprintln!(
+        "{who}: {}",
+        stdout
+            .lines()
+            .find(|l| l.contains("MEMLOCK-CHILD-OK"))
+            .unwrap()
+    );
+}
+
+/// An 8 MiB memlock limit (an unprivileged user's default) and a 16 MiB ring: the reader must
+/// stream with an unlocked ring and say so, not refuse. Run as root without CAP_IPC_LOCK (which
+/// would ignore the limit) and as user nobody; as any other user, as that user.
+#[test]
+fn memlock_limit_too_low_falls_back_to_unlocked_buffers() {
+    use std::os::unix::process::CommandExt;
+    let (path, _) = data_file("memlock.bin", (12 << 20) + 12_345);
+    // SAFETY: `geteuid` only reads this process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        let out = run_memlock_child(&path, |_| {}).unwrap();
+        assert_child_ok("this user", &out);
+        return;
+    }
+    let out = run_memlock_child(&path, |c| {
+        // SAFETY: runs in the forked child before exec and only calls `prctl`, which is
+        // async-signal-safe and touches no memory of the parent.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    })
+    .unwrap();
+    assert_child_ok("root without CAP_IPC_LOCK", &out);
+    // User nobody must be able to reach the test binary and the data file; where the build
+    // lives in a private directory it cannot, and the root run above is the test.
+    match run_memlock_child(&path, |c| {
+        c.uid(65534).gid(65534);
+    }) {
+        Ok(out) => assert_child_ok("user nobody", &out),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "user nobody skipped: cannot run {:?}: {e}",
+                std::env::current_exe()
+            );
+        }
+        Err(e) => panic!("running the child as nobody: {e}"),
+    }
 }
 
 #[test]

@@ -3,10 +3,13 @@
 //!
 //! - [`StreamReader`] opens a file with `O_DIRECT` (buffered where the file system refuses it),
 //!   allocates a ring of aligned, `mlock`ed slots, registers them with io_uring as fixed
-//!   buffers and reads byte ranges into them, several large reads in flight. An I/O thread
-//!   owns the ring and refills the queue as reads complete, so the disk stays busy however
-//!   long the caller computes between calls. Tensor offsets are not block-aligned: the reader
-//!   reads the covering aligned range and hands out the inner bytes without copying.
+//!   buffers and reads byte ranges into them, several large reads in flight. Where the memlock
+//!   limit refuses the lock or the registration (an unprivileged user's default is 8 MiB), the
+//!   ring stays unlocked and unregistered and [`StreamReader::warning`] says once what that
+//!   costs, rather than refusing to stream. An I/O thread owns the ring and refills the
+//!   queue as reads complete, so the disk stays busy however long the caller computes between
+//!   calls. Tensor offsets are not block-aligned: the reader reads the covering aligned range
+//!   and hands out the inner bytes without copying.
 //! - [`LoadedSlot`] is the only owner of a slot whose read has completed; dropping it returns
 //!   the slot to the ring. A slot being read has no handle at all, so the compute can never see
 //!   bytes the kernel is still writing.
@@ -54,7 +57,8 @@ pub enum StreamError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The ring could not be pinned in memory.
+    /// `mlock` failed for a reason other than the memlock limit or a lack of privilege (those
+    /// leave the ring unlocked, see [`StreamReader::warning`]).
     #[error(
         "cannot lock the {bytes}-byte read ring in memory: the RLIMIT_MEMLOCK limit is {}: raise it (`ulimit -l`, systemd LimitMEMLOCK=, /etc/security/limits.conf) or lower --mem-budget",
         limit.map_or("unlimited".to_string(), |l| format!("{l} bytes"))

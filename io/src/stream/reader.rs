@@ -12,9 +12,15 @@
 //! until completions arrive and refills the queue then, so reads keep flowing however long an
 //! op computes. It costs a wake-up per few completions and no CPU otherwise.
 //!
-//! Where io_uring cannot be used (kernel before 5.1, seccomp filters, a refused buffer
-//! registration) the same thread serves the chunks with `pread`, one at a time; the reason is
-//! kept in [`StreamReader::fallback_reason`] so the caller can say so once.
+//! Where io_uring cannot be used (kernel before 5.1, seccomp filters) the same thread serves
+//! the chunks with `pread`, one at a time; the reason is kept in
+//! [`StreamReader::fallback_reason`] so the caller can say so once.
+//!
+//! An unprivileged user's memlock limit (8 MiB by default) usually refuses both the ring's
+//! `mlock` and io_uring's buffer registration (which is charged to the same limit). Streaming
+//! still works then: the ring stays unlocked, and io_uring reads into it with plain `READ`
+//! (the kernel pins each read's pages itself) where registration fails, or `pread` where even
+//! `READ` is missing (before 5.6). [`StreamReader::warning`] says once what that costs.
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::ops::Range;
@@ -44,7 +50,8 @@ pub const DEFAULT_IN_FLIGHT: usize = 16;
 /// Which engine to read with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineChoice {
-    /// io_uring with fixed buffers, falling back to `pread` when unavailable.
+    /// io_uring with fixed buffers, with unregistered buffers where registration is refused,
+    /// falling back to `pread` when io_uring is unavailable.
     Auto,
     /// Always `pread` (for tests and for comparing the engines).
     Pread,
@@ -202,9 +209,11 @@ pub struct StreamReader {
     events: mpsc::Receiver<ThreadEvent>,
     thread: Option<JoinHandle<()>>,
     engine_name: &'static str,
+    registered: bool,
     pool: Arc<PoolMemory>,
     file: OpenedFile,
     fallback: Option<String>,
+    warning: Option<String>,
     requests: HashMap<u64, Request>,
     next_ticket: u64,
     fatal: Option<io::Error>,
@@ -218,6 +227,7 @@ impl std::fmt::Debug for StreamReader {
             .field("direct", &self.file.direct)
             .field("align", &self.file.align)
             .field("engine", &self.engine_name)
+            .field("registered", &self.registered)
             .field("pool", &self.pool)
             .finish()
     }
@@ -242,7 +252,12 @@ struct Pending {
 }
 
 enum ThreadEngine {
-    Uring(Box<IoUring>),
+    /// io_uring; `fixed` when the slots are registered buffers (`READ_FIXED`), otherwise plain
+    /// `READ` into the same memory.
+    Uring {
+        ring: Box<IoUring>,
+        fixed: bool,
+    },
     Pread,
 }
 
@@ -330,26 +345,29 @@ impl IoThread {
     /// Keeps the queue full and waits for (at least one) completion.
     fn step(&mut self) -> io::Result<()> {
         match &mut self.engine {
-            ThreadEngine::Uring(ring) => {
+            ThreadEngine::Uring { ring, fixed } => {
                 while self.in_flight.len() < self.depth {
                     let Some(chunk) = self.queued.pop_front() else {
                         break;
                     };
                     let id = self.next_chunk;
-                    let entry = opcode::ReadFixed::new(
-                        types::Fd(self.file.as_raw_fd()),
-                        chunk.buf.0,
-                        chunk.len as u32,
-                        chunk.slot as u16,
-                    )
-                    .offset(chunk.file_offset)
-                    .build()
+                    let fd = types::Fd(self.file.as_raw_fd());
+                    let entry = if *fixed {
+                        opcode::ReadFixed::new(fd, chunk.buf.0, chunk.len as u32, chunk.slot as u16)
+                            .offset(chunk.file_offset)
+                            .build()
+                    } else {
+                        opcode::Read::new(fd, chunk.buf.0, chunk.len as u32)
+                            .offset(chunk.file_offset)
+                            .build()
+                    }
                     .user_data(id);
-                    // SAFETY: the entry's buffer lies in registered slot `chunk.slot` and
-                    // belongs to an in-flight request until this completion is reaped; the fd
-                    // is this thread's own and outlives the ring's in-flight reads (the thread
-                    // only returns once `in_flight` is empty, or on a fatal error, when the
-                    // kernel still holds the registered pages pinned).
+                    // SAFETY: the entry's buffer lies in slot `chunk.slot` (registered when
+                    // `fixed`) and belongs to an in-flight request until this completion is
+                    // reaped; the fd is this thread's own and outlives the ring's in-flight
+                    // reads (the thread only returns once `in_flight` is empty, or on a fatal
+                    // error, when the reader leaks the pool rather than free memory the kernel
+                    // may still write).
                     if unsafe { ring.submission().push(&entry) }.is_err() {
                         self.queued.push_front(chunk);
                         break;
@@ -497,17 +515,25 @@ impl StreamReader {
             .min(u32::MAX as usize / align * align)
             .min(pool.slot_size());
         let depth = options.max_in_flight.min(4096);
-        let (engine, fallback) = match options.engine {
-            EngineChoice::Pread => (ThreadEngine::Pread, Some("pread requested".into())),
+        let (engine, fallback, unregistered) = match options.engine {
+            EngineChoice::Pread => (ThreadEngine::Pread, Some("pread requested".into()), None),
             EngineChoice::Auto => match Self::uring_engine(&pool, depth) {
-                Ok(ring) => (ThreadEngine::Uring(Box::new(ring)), None),
-                Err(why) => (ThreadEngine::Pread, Some(why)),
+                Ok((ring, unregistered)) => (
+                    ThreadEngine::Uring {
+                        ring: Box::new(ring),
+                        fixed: unregistered.is_none(),
+                    },
+                    None,
+                    unregistered,
+                ),
+                Err(why) => (ThreadEngine::Pread, Some(why), None),
             },
         };
-        let engine_name = match engine {
-            ThreadEngine::Uring(_) => "io_uring",
-            ThreadEngine::Pread => "pread",
+        let (engine_name, registered) = match engine {
+            ThreadEngine::Uring { fixed, .. } => ("io_uring", fixed),
+            ThreadEngine::Pread => ("pread", false),
         };
+        let warning = ring_warning(&pool, unregistered.as_deref());
         let (command_tx, command_rx) = mpsc::channel();
         let (event_tx, event_rx) = mpsc::channel();
         let busy = Arc::new(Mutex::new(BusyClock::default()));
@@ -532,9 +558,11 @@ impl StreamReader {
             events: event_rx,
             thread: Some(thread),
             engine_name,
+            registered,
             pool,
             file,
             fallback,
+            warning,
             requests: HashMap::new(),
             next_ticket: 0,
             fatal: None,
@@ -543,28 +571,41 @@ impl StreamReader {
         })
     }
 
-    fn uring_engine(pool: &PoolMemory, depth: usize) -> Result<IoUring, String> {
+    /// An io_uring for the pool's slots, and why its buffers are not registered (`None` when
+    /// they are, so reads use `READ_FIXED`; otherwise plain `READ`). `Err` (why) when io_uring
+    /// cannot serve the reads at all and `pread` must.
+    fn uring_engine(pool: &PoolMemory, depth: usize) -> Result<(IoUring, Option<String>), String> {
         let entries = depth.next_power_of_two().clamp(8, 4096) as u32;
         let ring = IoUring::new(entries).map_err(|e| format!("io_uring unavailable ({e})"))?;
         let mut probe = io_uring::Probe::new();
-        // A kernel without IORING_REGISTER_PROBE (before 5.6) still has READ_FIXED (5.1).
-        if ring.submitter().register_probe(&mut probe).is_ok()
-            && !probe.is_supported(opcode::ReadFixed::CODE)
-        {
-            return Err("io_uring lacks READ_FIXED".into());
+        // A kernel without IORING_REGISTER_PROBE (before 5.6) still has READ_FIXED (5.1), but
+        // not READ (5.6): unregistered reads need the probe to say so.
+        let probed = ring.submitter().register_probe(&mut probe).is_ok();
+        let has_fixed = !probed || probe.is_supported(opcode::ReadFixed::CODE);
+        let has_read = probed && probe.is_supported(opcode::Read::CODE);
+        if !has_fixed && !has_read {
+            return Err("io_uring lacks READ_FIXED and READ".into());
         }
-        let iovecs: Vec<libc::iovec> = (0..pool.n_slots())
-            .map(|i| libc::iovec {
-                iov_base: pool.slot_ptr(i).cast(),
-                iov_len: pool.slot_size(),
-            })
-            .collect();
-        // SAFETY: every iovec spans one slot of the pool's allocation, which stays alive as
-        // long as the ring: the I/O thread that owns the ring also holds an `Arc` to the pool,
-        // declared after the ring so it is dropped (unregistering the buffers) first.
-        unsafe { ring.submitter().register_buffers(&iovecs) }
-            .map_err(|e| format!("cannot register the ring's buffers with io_uring ({e})"))?;
-        Ok(ring)
+        let registration = if has_fixed {
+            let iovecs: Vec<libc::iovec> = (0..pool.n_slots())
+                .map(|i| libc::iovec {
+                    iov_base: pool.slot_ptr(i).cast(),
+                    iov_len: pool.slot_size(),
+                })
+                .collect();
+            // SAFETY: every iovec spans one slot of the pool's allocation, which stays alive
+            // as long as the ring: the I/O thread that owns the ring also holds an `Arc` to the
+            // pool, declared after the ring so it is dropped (unregistering the buffers) first.
+            unsafe { ring.submitter().register_buffers(&iovecs) }
+                .map_err(|e| format!("io_uring could not register the read ring's buffers ({e})"))
+        } else {
+            Err("io_uring lacks READ_FIXED".to_string())
+        };
+        match registration {
+            Ok(()) => Ok((ring, None)),
+            Err(why) if has_read => Ok((ring, Some(why))),
+            Err(why) => Err(why),
+        }
     }
 
     /// Whether reads bypass the page cache.
@@ -590,6 +631,27 @@ impl StreamReader {
     /// Why `pread` is used instead of io_uring (`None` with io_uring).
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback.as_deref()
+    }
+
+    /// Whether the ring is locked in memory (`mlock`). It is not when the memlock limit
+    /// refused it (see [`StreamReader::warning`]); streaming works either way.
+    pub fn locked(&self) -> bool {
+        self.pool.is_locked()
+    }
+
+    /// Whether io_uring reads into registered (fixed) buffers; `false` with `pread` and where
+    /// registration was refused.
+    pub fn registered_buffers(&self) -> bool {
+        self.registered
+    }
+
+    /// What the reader had to give up to open, and what that costs, in one line for the caller
+    /// to show the user once: the ring could not be locked (the memlock limit, as for every
+    /// unprivileged user by default) or its buffers could not be registered with io_uring.
+    /// `None` when the ring is locked and, with io_uring, registered (why `pread` is used
+    /// instead is [`StreamReader::fallback_reason`]).
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// Bytes per slot.
@@ -781,6 +843,42 @@ impl Drop for StreamReader {
             // The engine failed with reads maybe still outstanding: their target memory must
             // never be reused, so the pool is leaked rather than freed under a pending write.
             std::mem::forget(Arc::clone(&self.pool));
+        }
+    }
+}
+
+/// The one warning a reader gives: what streaming with an unlocked ring and/or unregistered
+/// buffers (`unregistered` = why registration failed) costs, and how to avoid it.
+fn ring_warning(pool: &PoolMemory, unregistered: Option<&str>) -> Option<String> {
+    match (pool.lock_failure(), unregistered) {
+        (None, None) => None,
+        (None, Some(why)) => Some(format!(
+            "{why}; streaming with unregistered io_uring reads: the kernel pins each read's pages"
+        )),
+        (Some(f), unregistered) => {
+            let limit = f
+                .limit
+                .map_or("unlimited".to_string(), |l| format!("{} KiB", l / 1024));
+            let (how, cost) = if unregistered.is_some() {
+                (
+                    "unlocked buffers and unregistered io_uring reads",
+                    "reads may page-fault, the ring may be swapped out and the kernel pins each \
+                     read's pages",
+                )
+            } else {
+                (
+                    "unlocked buffers",
+                    "reads may page-fault and the ring may be swapped out",
+                )
+            };
+            Some(format!(
+                "the read ring ({:.1} MiB) could not be locked in memory: RLIMIT_MEMLOCK is \
+                 {limit} (mlock: {}); streaming with {how}: {cost}; raise `ulimit -l` to at \
+                 least {} (KiB) to lock it",
+                f.bytes as f64 / (1u64 << 20) as f64,
+                f.error,
+                f.bytes.div_ceil(1024),
+            ))
         }
     }
 }

@@ -5,6 +5,12 @@
 //! never swapped out between the read and the compute; the reader registers each slot with
 //! io_uring as a fixed buffer.
 //!
+//! Locking is an optimisation, not a requirement: an unprivileged user's `RLIMIT_MEMLOCK` is
+//! 8 MiB by default, far below a useful ring, and refusing to stream would leave such a user
+//! with nothing. So when `mlock` is refused for lack of limit the ring stays unlocked (still
+//! aligned, so `O_DIRECT` works the same) and [`PoolMemory::lock_failure`] says why, for the
+//! reader to turn into one warning.
+//!
 //! A slot is in exactly one of three states, and the type system keeps them apart:
 //! - free: its index is in the pool's free list;
 //! - reading: the reader popped it for a request and holds only its index until the request
@@ -29,7 +35,29 @@ pub(crate) struct PoolMemory {
     slot_size: usize,
     n_slots: usize,
     locked: bool,
+    /// Why the ring is not locked (`None` when it is).
+    lock_failure: Option<LockFailure>,
     free: Mutex<Vec<usize>>,
+}
+
+/// Why `mlock` refused the ring, kept so the reader can explain what streaming unlocked costs.
+#[derive(Debug)]
+pub(crate) struct LockFailure {
+    /// Ring size in bytes.
+    pub(crate) bytes: u64,
+    /// The soft `RLIMIT_MEMLOCK` at the time (`None` = unlimited or unknown).
+    pub(crate) limit: Option<u64>,
+    /// What `mlock` said.
+    pub(crate) error: std::io::Error,
+}
+
+/// Whether an `mlock` error means "not allowed to lock this much" (the limit, or no privilege
+/// at all) rather than a bad call: those are the errors an unlocked ring works around.
+fn is_limit_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EPERM | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 // SAFETY: the pool's bytes are only reached through slot indexes handed out once (free list
@@ -65,7 +93,10 @@ pub fn memlock_limit() -> Option<u64> {
 }
 
 impl PoolMemory {
-    /// Allocates and locks `n_slots` slots of `slot_size` bytes aligned to `align`.
+    /// Allocates and locks `n_slots` slots of `slot_size` bytes aligned to `align`. When the
+    /// memlock limit (or the lack of privilege) refuses the lock, the ring is returned unlocked
+    /// with [`PoolMemory::lock_failure`] set; any other `mlock` error is
+    /// [`StreamError::Memlock`].
     pub(crate) fn new(
         n_slots: usize,
         slot_size: usize,
@@ -118,23 +149,39 @@ impl PoolMemory {
         };
         // SAFETY: `ptr` points at `total` bytes of the map just created and owned here.
         let rc = unsafe { libc::mlock(ptr.as_ptr().cast(), total) };
-        if rc != 0 {
+        let lock_failure = if rc == 0 {
+            None
+        } else {
             let err = std::io::Error::last_os_error();
-            // SAFETY: the mapping created above, not shared with anything.
-            unsafe { libc::munmap(raw, map_len) };
-            return Err(StreamError::Memlock {
+            if !is_limit_error(&err) {
+                // SAFETY: the mapping created above, not shared with anything.
+                unsafe { libc::munmap(raw, map_len) };
+                return Err(StreamError::Memlock {
+                    bytes: total as u64,
+                    limit: memlock_limit(),
+                    source: err,
+                });
+            }
+            // Over the limit the kernel refuses before locking anything, but EAGAIN can leave
+            // part of the range marked locked: unlock it all so the ring is uniformly unlocked
+            // (and counts nothing against the limit).
+            // SAFETY: `ptr..ptr + total` lies in the map created above; unlocking is always
+            // sound.
+            unsafe { libc::munlock(ptr.as_ptr().cast(), total) };
+            Some(LockFailure {
                 bytes: total as u64,
                 limit: memlock_limit(),
-                source: err,
-            });
-        }
+                error: err,
+            })
+        };
         Ok(Arc::new(PoolMemory {
             ptr,
             map_base,
             map_len,
             slot_size,
             n_slots,
-            locked: true,
+            locked: lock_failure.is_none(),
+            lock_failure,
             free: Mutex::new((0..n_slots).rev().collect()),
         }))
     }
@@ -145,6 +192,16 @@ impl PoolMemory {
 
     pub(crate) fn n_slots(&self) -> usize {
         self.n_slots
+    }
+
+    /// Whether the ring is locked in memory.
+    pub(crate) fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// Why the ring could not be locked (`None` when it is locked).
+    pub(crate) fn lock_failure(&self) -> Option<&LockFailure> {
+        self.lock_failure.as_ref()
     }
 
     /// Takes a free slot, if any.
