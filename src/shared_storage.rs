@@ -27,6 +27,38 @@ use airllama_net::{FloatType, NetConfig, NodeConfig};
 
 use crate::executor::{Executor, ExecutorError};
 use crate::graph::{GraphParams, LlmGraph, SyncFloatType, WeightLoad, WeightPlan};
+use crate::streaming::{SpillFile, StreamingError, op_number};
+
+/// Most bytes a streamed record is read in at a time on its way to the slice cache.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// The slice cache file of node `node_index` for this request and budget: its name carries a
+/// key of everything that decides its content and layout, so a cache is only ever reused for
+/// the same records laid out the same way.
+pub fn slice_cache_path(
+    dir: &Path,
+    model: &Path,
+    node: &NodeConfig,
+    node_index: u32,
+    n_nodes: u32,
+    request: &LoadRequest,
+    mem_budget: u64,
+) -> PathBuf {
+    let mut key = b"airllama-slices-v1".to_vec();
+    node.encode(&mut key);
+    for d in &request.records {
+        key.extend_from_slice(d);
+    }
+    key.extend_from_slice(&mem_budget.to_le_bytes());
+    let name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    dir.join(format!(
+        "{name}-node{node_index}of{n_nodes}-{}.slices",
+        &hex(&digest(&key))[..16]
+    ))
+}
 
 /// Digest of one weight record's data: BLAKE3, first 16 bytes.
 pub fn digest(data: &[u8]) -> Digest {
@@ -93,6 +125,17 @@ pub enum SharedStorageError {
     /// The weights could not be placed in the node's graph.
     #[error("loading into the graph")]
     Executor(#[from] ExecutorError),
+    /// The slice cache of a node under `--mem-budget` could not be written or read.
+    #[error("slice cache: {0}")]
+    Streaming(#[from] StreamingError),
+    /// A reused slice cache no longer matches its digests (edited or damaged on disk).
+    #[error("slice cache {path} does not match the root's digests at {what}")]
+    StaleCache {
+        /// The cache file.
+        path: PathBuf,
+        /// The first record that differs.
+        what: String,
+    },
 }
 
 /// What identifies one version of a file on one machine, for the cache key: a rewrite,
@@ -553,6 +596,86 @@ impl LocalModel {
             )));
         }
         Ok(())
+    }
+
+    /// As [`LocalModel::load_resident`] for a node under a memory budget: the records of
+    /// streamed ops go to `spill` (a slice cache). A fresh cache is filled from the model file;
+    /// a reused one is read back and each record checked against its digest
+    /// ([`SharedStorageError::StaleCache`] if one differs; the caller deletes the cache and
+    /// loads again).
+    pub fn load_with_cache(
+        &self,
+        plan: &WeightPlan,
+        node: &NodeConfig,
+        node_index: u32,
+        request: &LoadRequest,
+        executor: &mut Executor,
+        spill: &mut SpillFile,
+    ) -> Result<LocalLoad, SharedStorageError> {
+        let started = Instant::now();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut chunk = vec![0u8; COPY_CHUNK];
+        for (load, expected) in plan.node_loads(node_index).zip(&request.records) {
+            records += 1;
+            bytes += load.header.n_bytes;
+            let Some(op) = spill.spills(node, &load.target) else {
+                let dst = executor.weight_mut(&load.target)?;
+                self.read_verified(load, expected, dst)?;
+                continue;
+            };
+            let mut hasher = blake3::Hasher::new();
+            let base = load.target.offset;
+            if spill.is_reused() {
+                let mut at = 0u64;
+                while at < load.header.n_bytes {
+                    let n = (load.header.n_bytes - at).min(COPY_CHUNK as u64) as usize;
+                    spill.read(op, base + at, &mut chunk[..n])?;
+                    hasher.update(&chunk[..n]);
+                    at += n as u64;
+                }
+                if finish(&hasher) != *expected {
+                    return Err(SharedStorageError::StaleCache {
+                        path: spill.path().to_path_buf(),
+                        what: tensor_text(self.layout.tensors().get(load.tensor), load),
+                    });
+                }
+                continue;
+            }
+            let mut at = 0u64;
+            for range in load.bytes.ranges() {
+                let mut from = range.start;
+                while from < range.end {
+                    let n = (range.end - from).min(COPY_CHUNK as u64) as usize;
+                    self.file
+                        .read_exact_at(&mut chunk[..n], from)
+                        .map_err(|source| SharedStorageError::Read {
+                            path: self.path.clone(),
+                            offset: from,
+                            source,
+                        })?;
+                    hasher.update(&chunk[..n]);
+                    spill.write(op, base + at, &chunk[..n])?;
+                    from += n as u64;
+                    at += n as u64;
+                }
+            }
+            if finish(&hasher) != *expected {
+                return Err(self.mismatch(format!(
+                    "{} differs from the root's copy",
+                    tensor_text(self.layout.tensors().get(load.tensor), load)
+                )));
+            }
+        }
+        // Nothing else names an op: make sure every streamed op was filled.
+        debug_assert!(
+            plan.node_loads(node_index)
+                .all(|l| op_number(node, &l.target).is_some())
+        );
+        Ok(LocalLoad {
+            records,
+            bytes,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Loads node `node_index`'s records of `plan` straight into `executor`'s weights, each

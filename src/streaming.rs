@@ -762,6 +762,44 @@ pub struct SpillFile {
     len: u64,
     /// Ops served from a read-only map of a model file instead (a root's embedding table).
     mapped: Option<MappedOps>,
+    /// A slice cache ([`SpillFile::open_cache`]): the path it keeps once complete.
+    cache: Option<CachePath>,
+}
+
+/// Removes `<path>.partial-<pid>` files of processes that no longer run (killed while they
+/// wrote the cache).
+fn remove_dead_partials(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Where a persistent slice cache lives.
+#[derive(Debug)]
+struct CachePath {
+    /// Its name once complete.
+    path: PathBuf,
+    /// It was complete when opened: its bytes are read back, never written.
+    reused: bool,
+    /// Set by [`SpillFile::finish`]: the file stays.
+    keep: bool,
 }
 
 /// Ops of a [`SpillFile`]'s node served from a map of the model file.
@@ -779,7 +817,7 @@ impl SpillFile {
         node: &NodeConfig,
         options: &StreamingOptions,
     ) -> Result<Option<SpillFile>, StreamingError> {
-        SpillFile::create_inner(node, options, None)
+        SpillFile::create_inner(node, options, None, None)
     }
 
     /// As [`SpillFile::create`] for a root with workers, whose own slices are strided in the
@@ -810,13 +848,57 @@ impl SpillFile {
             model: model.to_path_buf(),
             ops: mapped,
         };
-        SpillFile::create_inner(node, options, Some(mapped))
+        SpillFile::create_inner(node, options, Some(mapped), None)
+    }
+
+    /// A persistent slice cache at `path` instead of a temporary spill file: a worker that
+    /// reads its slices from its own copy of the model (shared storage) lays the streamed ones
+    /// out here once, then reuses the file in later sessions with the same key in its name.
+    /// When `path` exists at the planned length it is opened for reading
+    /// ([`SpillFile::is_reused`]: verify it with [`SpillFile::read`] instead of writing);
+    /// otherwise it is written under a temporary name and renamed into place by
+    /// [`SpillFile::finish`], so a half-written cache never looks complete.
+    pub fn open_cache(
+        node: &NodeConfig,
+        options: &StreamingOptions,
+        path: &Path,
+    ) -> Result<Option<SpillFile>, StreamingError> {
+        SpillFile::create_inner(node, options, None, Some(path))
+    }
+
+    /// Whether this slice cache was complete when opened.
+    pub fn is_reused(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.reused)
+    }
+
+    /// Reads back `buf.len()` bytes at `offset` of op `op`'s weight.
+    pub fn read(&self, op: usize, offset: u64, buf: &mut [u8]) -> Result<(), StreamingError> {
+        let base = self.checked_place(op, offset, buf.len())?;
+        self.file
+            .read_exact_at(buf, base + offset)
+            .map_err(|source| StreamingError::Spill {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn checked_place(&self, op: usize, offset: u64, len: usize) -> Result<u64, StreamingError> {
+        let (Some(Some(base)), Some(&size)) = (self.place.get(op), self.sizes.get(op)) else {
+            return Err(StreamingError::Plan(format!("op {op} does not spill")));
+        };
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(StreamingError::Plan(format!(
+                "op {op}: bytes {offset}+{len} exceed its {size}-byte weight"
+            )));
+        }
+        Ok(*base)
     }
 
     fn create_inner(
         node: &NodeConfig,
         options: &StreamingOptions,
         mapped: Option<MappedOps>,
+        cache: Option<&Path>,
     ) -> Result<Option<SpillFile>, StreamingError> {
         let is_mapped = |op: usize| {
             mapped
@@ -875,6 +957,29 @@ impl SpillFile {
                 range: base..at,
             });
         }
+        let (path, file, cache) = match cache {
+            Some(cache) => SpillFile::open_cache_file(cache, at)?,
+            None => SpillFile::create_spill_file(options, at)?,
+        };
+        Ok(Some(SpillFile {
+            path,
+            file,
+            place,
+            sizes: ops.iter().map(|o| o.2).collect(),
+            units: streamed_units,
+            residency,
+            streamed_ops,
+            len: at,
+            mapped,
+            cache,
+        }))
+    }
+
+    /// A new temporary spill file of `len` bytes under `options.spill_dir`.
+    fn create_spill_file(
+        options: &StreamingOptions,
+        len: u64,
+    ) -> Result<(PathBuf, File, Option<CachePath>), StreamingError> {
         std::fs::create_dir_all(&options.spill_dir).map_err(|source| StreamingError::Spill {
             path: options.spill_dir.clone(),
             source,
@@ -895,18 +1000,66 @@ impl SpillFile {
             .create_new(true)
             .open(&path)
             .map_err(spill_err)?;
-        file.set_len(at).map_err(spill_err)?;
-        Ok(Some(SpillFile {
-            path,
-            file,
-            place,
-            sizes: ops.iter().map(|o| o.2).collect(),
-            units: streamed_units,
-            residency,
-            streamed_ops,
-            len: at,
-            mapped,
-        }))
+        // Unnamed from the start: a process killed at any point leaves nothing behind. The
+        // reader reopens it through /proc/self/fd (see `SpillFile::reopen_path`).
+        std::fs::remove_file(&path).map_err(spill_err)?;
+        file.set_len(len).map_err(spill_err)?;
+        Ok((path, file, None))
+    }
+
+    /// The path the streamer opens: the cache itself, or, for an unlinked spill file, this
+    /// process's link to its open descriptor.
+    fn reopen_path(&self) -> PathBuf {
+        match &self.cache {
+            Some(cache) => cache.path.clone(),
+            None => {
+                use std::os::fd::AsRawFd;
+                PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            }
+        }
+    }
+
+    /// Opens the complete cache at `path` if it has `len` bytes, else creates its temporary
+    /// twin to be written.
+    fn open_cache_file(
+        path: &Path,
+        len: u64,
+    ) -> Result<(PathBuf, File, Option<CachePath>), StreamingError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StreamingError::Spill { path, source }
+        };
+        remove_dead_partials(path);
+        if let Ok(file) = File::open(path)
+            && file.metadata().is_ok_and(|m| m.len() == len)
+        {
+            let cache = CachePath {
+                path: path.to_path_buf(),
+                reused: true,
+                keep: false,
+            };
+            return Ok((path.to_path_buf(), file, Some(cache)));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err(dir))?;
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".partial-{}", std::process::id()));
+        let partial = PathBuf::from(partial);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .map_err(err(&partial))?;
+        file.set_len(len).map_err(err(&partial))?;
+        let cache = CachePath {
+            path: path.to_path_buf(),
+            reused: false,
+            keep: false,
+        };
+        Ok((partial, file, Some(cache)))
     }
 
     /// `streamed[op]` for [`crate::executor::Executor::with_streamed_weights`].
@@ -931,18 +1084,7 @@ impl SpillFile {
 
     /// Writes `data`, the bytes at `offset` of op `op`'s weight.
     pub fn write(&mut self, op: usize, offset: u64, data: &[u8]) -> Result<(), StreamingError> {
-        let (Some(Some(base)), Some(&size)) = (self.place.get(op), self.sizes.get(op)) else {
-            return Err(StreamingError::Plan(format!("op {op} does not spill")));
-        };
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|end| end > size)
-        {
-            return Err(StreamingError::Plan(format!(
-                "op {op}: bytes {offset}+{} exceed its {size}-byte weight",
-                data.len()
-            )));
-        }
+        let base = self.checked_place(op, offset, data.len())?;
         self.file
             .write_all_at(data, base + offset)
             .map_err(|source| StreamingError::Spill {
@@ -953,23 +1095,37 @@ impl SpillFile {
 
     /// Flushes the file, drops it from the page cache and opens the streamer over it. The file
     /// is unlinked once open (it lives as long as the streamer).
-    pub fn finish(self, options: &StreamingOptions) -> Result<WeightStreamer, StreamingError> {
+    pub fn finish(mut self, options: &StreamingOptions) -> Result<WeightStreamer, StreamingError> {
         let spill_err = |source| StreamingError::Spill {
             path: self.path.clone(),
             source,
         };
-        self.file.sync_data().map_err(spill_err)?;
+        if self.cache.as_ref().is_none_or(|c| !c.reused) {
+            self.file.sync_data().map_err(spill_err)?;
+        }
         drop_cache(&self.file, 0..self.len).map_err(spill_err)?;
+        // A slice cache written now becomes complete only here: renamed, then kept.
+        if let Some(cache) = self.cache.as_mut() {
+            if !cache.reused {
+                std::fs::rename(&self.path, &cache.path).map_err(|source| {
+                    StreamingError::Spill {
+                        path: cache.path.clone(),
+                        source,
+                    }
+                })?;
+            }
+            self.path = cache.path.clone();
+            cache.keep = true;
+        }
         // With only mapped ops (everything else fits) there is nothing to read back.
         let reader = if self.units.is_empty() {
             None
         } else {
             Some(StreamReader::open(
-                &self.path,
+                &self.reopen_path(),
                 &options.reader_options(&self.residency),
             ))
         };
-        let _ = std::fs::remove_file(&self.path);
         let reader = reader.transpose()?;
         let mut sources = vec![OpSource::Resident; self.place.len()];
         let map = match &self.mapped {
@@ -1015,7 +1171,14 @@ impl SpillFile {
 impl Drop for SpillFile {
     /// A session that ends before [`SpillFile::finish`] leaves no file behind.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // A complete slice cache stays (reused, or finished); a half-written one goes. A spill
+        // file has no name to remove.
+        if let Some(cache) = &self.cache
+            && !cache.reused
+            && !cache.keep
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -1102,12 +1265,13 @@ mod tests {
             .map(|(_, _, op)| op.weight_size.n_bytes())
             .sum();
         options.mem_budget = largest_layer * 3 / 2 + 3 * SPILL_ALIGN;
-        // Dropped before `finish` (a session that failed while loading): no file is left.
+        // Unnamed from the start, so a session that fails (or a process killed) while loading
+        // leaves no file; the directory holds nothing while it is in use.
         let spill = SpillFile::create(node, &options).unwrap().unwrap();
         let path = spill.path().to_path_buf();
-        assert!(path.exists());
-        drop(spill);
         assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        drop(spill);
         // Written op by op, streamed back op by op.
         let mut spill = SpillFile::create(node, &options).unwrap().unwrap();
         assert_eq!(spill.plan().n_slots, 1);

@@ -15,7 +15,7 @@ use airllama_net::transport::{ControlReader, Listener, NetError, Network, Worker
 use airllama_net::{NetConfig, NodeConfig};
 
 use crate::executor::{Executor, ExecutorError, ExecutorOptions, Synchronizer, WeightFeed};
-use crate::shared_storage::{LocalModel, SharedStorageError};
+use crate::shared_storage::{LocalModel, SharedStorageError, slice_cache_path};
 use crate::streaming::{SpillFile, StreamingError, StreamingOptions, WeightStreamer};
 
 /// How the worker runs.
@@ -229,6 +229,7 @@ fn receive_weights(
 /// refusal is sent to the root with its reason before the session ends.
 fn load_shared(
     session: &mut WorkerSession,
+    options: &WorkerOptions,
     model: &std::path::Path,
     net: &NetConfig,
     node: &NodeConfig,
@@ -242,15 +243,81 @@ fn load_shared(
         request.records.len(),
         model.display()
     ));
-    let loaded = (|| {
+    let mut load = || -> Result<_, SessionError> {
         let local = LocalModel::open(model)?;
         let plan = local.plan_for(&request, net, node, node_index)?;
-        let mut executor = Executor::new(net, node, exec_options)?;
-        let load = local.load_resident(&plan, node_index, &request, &mut executor)?;
-        Ok::<_, SharedStorageError>((executor, load))
-    })();
-    match loaded {
-        Ok((executor, load)) => {
+        let Some(streaming) = &options.streaming else {
+            let mut executor = Executor::new(net, node, exec_options)?;
+            let load = local.load_resident(&plan, node_index, &request, &mut executor)?;
+            return Ok((executor, None, load));
+        };
+        // Under a budget the streamed slices come from a slice cache built from the local
+        // file (reused by later sessions with the same key); column slices are strided in the
+        // model, so streaming them straight from it would read whole tensors.
+        let open = || match &options.cache_dir {
+            Some(dir) => SpillFile::open_cache(
+                node,
+                streaming,
+                &slice_cache_path(
+                    dir,
+                    model,
+                    node,
+                    node_index,
+                    net.n_nodes,
+                    &request,
+                    streaming.mem_budget,
+                ),
+            ),
+            None => SpillFile::create(node, streaming),
+        };
+        let Some(mut spill) = open()? else {
+            let mut executor = Executor::new(net, node, exec_options)?;
+            let load = local.load_resident(&plan, node_index, &request, &mut executor)?;
+            return Ok((executor, None, load));
+        };
+        log(&format!(
+            "mem budget: {} kB resident, the rest streamed from the slice cache {} ({})",
+            spill.plan().resident_bytes / 1000,
+            spill.path().display(),
+            if spill.is_reused() { "reused" } else { "new" }
+        ));
+        let mut executor =
+            Executor::with_streamed_weights(net, node, exec_options, spill.streamed_ops())?;
+        let load = match local.load_with_cache(
+            &plan,
+            node,
+            node_index,
+            &request,
+            &mut executor,
+            &mut spill,
+        ) {
+            Err(SharedStorageError::StaleCache { path, what }) => {
+                log(&format!(
+                    "slice cache {} no longer matches ({what}): rebuilding it",
+                    path.display()
+                ));
+                let _ = std::fs::remove_file(&path);
+                drop(spill);
+                spill = open()?.ok_or_else(|| {
+                    StreamingError::Plan("the slice cache plan changed while loading".into())
+                })?;
+                local.load_with_cache(
+                    &plan,
+                    node,
+                    node_index,
+                    &request,
+                    &mut executor,
+                    &mut spill,
+                )?
+            }
+            other => other?,
+        };
+        let streamer = spill.finish(streaming)?;
+        log(&streamer.describe());
+        Ok((executor, Some(streamer), load))
+    };
+    match load() {
+        Ok((executor, streamer, load)) => {
             log(&format!(
                 "weights loaded from {}: {} records, {} kB verified in {} ms",
                 model.display(),
@@ -262,14 +329,16 @@ fn load_shared(
                 bytes_read: load.bytes,
                 millis: load.elapsed.as_millis() as u64,
             })?;
-            Ok((executor, None))
+            Ok((executor, streamer))
         }
         Err(e) => {
             // The root learns why; this session ends either way.
-            let _ = session.send_load_result(&LoadResult::Refused {
-                reason: e.to_string(),
-            });
-            Err(e.into())
+            let reason = match &e {
+                SessionError::SharedStorage(e) => e.to_string(),
+                other => format!("{other}"),
+            };
+            let _ = session.send_load_result(&LoadResult::Refused { reason });
+            Err(e)
         }
     }
 }
@@ -312,7 +381,15 @@ pub fn serve_session(
         max_memory: options.max_memory,
     };
     let (mut executor, mut streamer) = match (&options.model, session.shared_storage) {
-        (Some(model), true) => load_shared(&mut session, model, &net, &node, &exec_options, log)?,
+        (Some(model), true) => load_shared(
+            &mut session,
+            options,
+            model,
+            &net,
+            &node,
+            &exec_options,
+            log,
+        )?,
         _ => receive_weights(&mut session, options, &net, &node, &exec_options, log)?,
     };
     let verbose = options.streaming.as_ref().is_some_and(|s| s.verbose);
