@@ -22,6 +22,14 @@ pub struct Args {
     /// check that the model splits over them.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub nodes: Option<u32>,
+    /// With --nodes: also print the identity table --shared-storage uses (a BLAKE3-128 digest
+    /// of every weight record each node loads, with its file bytes): what each node will read
+    /// and check. Reads the whole model once unless the table is cached.
+    #[arg(long, requires = "nodes")]
+    pub identity: bool,
+    /// Where the identity table is cached (default: as `inference --shared-storage`).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -59,8 +67,89 @@ fn render(args: &Args) -> anyhow::Result<String> {
             .node_split(n_nodes)
             .with_context(|| format!("the model cannot be split over {n_nodes} nodes"))?;
         write_slices(&mut out, &split)?;
+        if args.identity {
+            write_identity(&mut out, args, &header, &layout, n_nodes)?;
+        }
     }
     Ok(out)
+}
+
+/// Each node's weight records (what `--shared-storage` has it read and verify) with their
+/// file bytes and digests.
+fn write_identity(
+    out: &mut String,
+    args: &Args,
+    header: &ModelHeader,
+    layout: &ModelLayout,
+    n_nodes: u32,
+) -> anyhow::Result<()> {
+    use airllama::graph::{GraphParams, LlmGraph, SyncFloatType, WeightPlan};
+    use airllama::shared_storage::{IdentityTable, TableSource, default_cache_dir, hex};
+    let sync = match header.config().weight_type {
+        airllama_kernels::block::FloatType::Q40 => SyncFloatType::Q80,
+        _ => SyncFloatType::F32,
+    };
+    let graph = LlmGraph::build(header, GraphParams::dllama(n_nodes, sync, 0))
+        .with_context(|| format!("the model cannot run on {n_nodes} nodes"))?;
+    let plan = WeightPlan::new(&graph, layout).context("the weights cannot be distributed")?;
+    let file = File::open(&args.model)?;
+    let cache_dir = args.cache_dir.clone().or_else(default_cache_dir);
+    let (table, source) = IdentityTable::load_or_build(
+        &file,
+        &args.model,
+        header.header_size(),
+        &plan,
+        cache_dir.as_deref(),
+        &mut |_, _| {},
+    )?;
+    let place = match &source {
+        TableSource::Cached(p) => format!("cached in {}", p.display()),
+        TableSource::Built { saved: Ok(p) } => format!("built now, saved to {}", p.display()),
+        TableSource::Built { saved: Err(why) } => format!("built now, not saved: {why}"),
+    };
+    writeln!(
+        out,
+        "
+Identity table over {n_nodes} nodes ({place})
+  header digest {}, file {} bytes",
+        hex(&table.header_digest),
+        table.file_size
+    )?;
+    for node in 0..n_nodes {
+        let loads: Vec<_> = plan
+            .loads()
+            .iter()
+            .zip(&table.records)
+            .filter(|(l, _)| l.node == node)
+            .collect();
+        let bytes: u64 = loads.iter().map(|(l, _)| l.header.n_bytes).sum();
+        writeln!(
+            out,
+            "  node {node}: {} records, {} ({bytes} bytes){}",
+            loads.len(),
+            human(bytes),
+            if node == 0 {
+                " (the root reads its own)"
+            } else {
+                ""
+            }
+        )?;
+        for (load, d) in loads {
+            let t = layout.tensors().get(load.tensor);
+            writeln!(
+                out,
+                "    {} {:<14} op {:<3} +{:<8} {:>10} B  {}  file {}",
+                hex(d),
+                t.map(tensor_name).unwrap_or_default(),
+                load.header.op_index,
+                load.header.offset,
+                load.header.n_bytes,
+                load.header.name,
+                load.bytes
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn write_header(out: &mut String, header: &ModelHeader) -> std::fmt::Result {
@@ -266,6 +355,8 @@ mod tests {
         let args = Args {
             model: golden("qwen3moe-q40"),
             nodes: Some(3),
+            identity: false,
+            cache_dir: None,
         };
         let text = render(&args).unwrap();
         assert!(text.contains("arch_type (1)"), "{text}");
@@ -282,6 +373,8 @@ mod tests {
         let args = Args {
             model: golden("llama-q40"),
             nodes: Some(4),
+            identity: false,
+            cache_dir: None,
         };
         let err = format!("{:#}", render(&args).unwrap_err());
         assert!(
@@ -291,13 +384,46 @@ mod tests {
         let args = Args {
             model: golden("no-such-variant"),
             nodes: None,
+            identity: false,
+            cache_dir: None,
         };
         assert!(render(&args).is_err());
         let text = render(&Args {
             model: golden("llama-f32"),
             nodes: None,
+            identity: false,
+            cache_dir: None,
         })
         .unwrap();
         assert!(!text.contains("Node slices"));
+    }
+
+    #[test]
+    fn prints_the_identity_table_each_node_checks() {
+        let dir = std::env::temp_dir().join(format!("airllama-inspect-id-{}", std::process::id()));
+        let args = Args {
+            model: golden("llama-q40"),
+            nodes: Some(3),
+            identity: true,
+            cache_dir: Some(dir.clone()),
+        };
+        let built = render(&args).unwrap();
+        assert!(
+            built.contains("Identity table over 3 nodes (built now, saved to"),
+            "{built}"
+        );
+        assert!(built.contains("node 1: 38 records"), "{built}");
+        let cached = render(&args).unwrap();
+        assert!(cached.contains("(cached in"), "{cached}");
+        // Same digests either way.
+        let digests = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with("    ") && l.contains(" op "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(digests(&built), digests(&cached));
+        assert!(!digests(&built).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
