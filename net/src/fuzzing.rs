@@ -56,6 +56,44 @@ pub fn weight_record(data: &[u8]) -> Result<usize, DecodeError> {
     Ok(used)
 }
 
+/// One shared-storage message (see [`crate::shared_storage`]): the first byte picks which
+/// (greeting, root reply, load request, load result), the rest is decoded as it.
+pub fn shared_storage(data: &[u8]) -> Result<usize, DecodeError> {
+    use crate::shared_storage::{LoadRequest, LoadResult, RootReply, WorkerGreeting};
+    let Some((&kind, rest)) = data.split_first() else {
+        return Ok(0);
+    };
+    let mut out = Vec::new();
+    let used = match kind % 4 {
+        0 => {
+            let (m, used) = WorkerGreeting::decode_prefix(rest)?;
+            m.encode(&mut out);
+            used
+        }
+        1 => {
+            let (m, used) = RootReply::decode_prefix(rest)?;
+            m.encode(&mut out);
+            used
+        }
+        2 => {
+            let (m, used) = LoadRequest::decode_prefix(rest)?;
+            m.encode(&mut out);
+            used
+        }
+        _ => {
+            let (m, used) = LoadResult::decode_prefix(rest)?;
+            m.encode(&mut out);
+            used
+        }
+    };
+    same(
+        "shared-storage message",
+        rest.get(..used).unwrap_or(&[]),
+        &out,
+    );
+    Ok(used + 1)
+}
+
 /// Control packets: `data` cut into 8-byte packets (a short tail is a truncation error).
 pub fn control_packets(data: &[u8]) -> Result<usize, DecodeError> {
     for packet in data.chunks(ControlPacket::WIRE_SIZE) {

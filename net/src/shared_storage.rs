@@ -281,8 +281,11 @@ impl LoadResult {
             1 => {
                 let len = r.count(MAX_REASON_LEN, "load result reason length")?;
                 let text = r.take(len as usize, "load result reason")?;
+                let reason = core::str::from_utf8(text).map_err(|_| DecodeError::Inconsistent {
+                    context: "load result reason (not UTF-8)",
+                })?;
                 LoadResult::Refused {
-                    reason: String::from_utf8_lossy(text).into_owned(),
+                    reason: reason.into(),
                 }
             }
             value => {
@@ -360,6 +363,48 @@ mod tests {
             LoadResult::encode,
             LoadResult::decode_prefix,
         );
+    }
+
+    #[test]
+    fn the_fuzz_oracle_accepts_every_message_kind() {
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        let mut m = vec![0u8];
+        WorkerGreeting::current().encode(&mut m);
+        messages.push(m);
+        let mut m = vec![1u8];
+        RootReply {
+            version: 1,
+            shared_storage: false,
+        }
+        .encode(&mut m);
+        messages.push(m);
+        let mut m = vec![2u8];
+        LoadRequest {
+            n_batches: 32,
+            sync_type: 0,
+            max_seq_len: 64,
+            file_size: 99,
+            header_digest: [0; 16],
+            records: vec![[9; 16]],
+        }
+        .encode(&mut m);
+        messages.push(m);
+        let mut m = vec![3u8];
+        LoadResult::Refused {
+            reason: "naïve".into(),
+        }
+        .encode(&mut m);
+        messages.push(m);
+        for m in &messages {
+            assert_eq!(crate::fuzzing::shared_storage(m), Ok(m.len()));
+        }
+        // A reason that is not UTF-8 is refused, not replaced.
+        let mut m = vec![3u8];
+        put_u32(&mut m, LOAD_RESULT_MAGIC);
+        put_u32(&mut m, 1);
+        put_u32(&mut m, 1);
+        m.push(0xff);
+        assert!(crate::fuzzing::shared_storage(&m).is_err());
     }
 
     #[test]
