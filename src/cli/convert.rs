@@ -1,9 +1,10 @@
 //! `airllama convert gguf <in.gguf> <out.m> <out.t> [--weights q40|f32]`.
 //!
 //! Both outputs are written to `<name>.partial` beside the target and renamed into place only
-//! when complete, so an interrupted or failed conversion never leaves a truncated `.m` or `.t`
-//! that would look valid by name.
-use std::fs::{self, File};
+//! when both are complete, so an interrupted or failed conversion never leaves a truncated
+//! `.m` or `.t` that would look valid by name, nor one output without the other. An error,
+//! Ctrl-C or `kill` removes the partial files (see [`super::cleanup`]).
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use airllama_io::gguf::GgufFile;
 use airllama_kernels::block::FloatType;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::cleanup::PartialOutputs;
 
 /// Flags of this subcommand.
 #[derive(Debug, clap::Args)]
@@ -59,31 +62,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    path.with_file_name(name)
-}
-
-/// Writes through `<path>.partial`, then renames; removes the partial file on failure.
-fn write_atomically(
+/// Writes `path` (a registered partial file) through a large buffer and flushes it.
+fn write_file(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let tmp = partial_path(path);
-    let result = (|| {
-        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        write(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    write(&mut out)?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
@@ -132,7 +122,10 @@ fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    write_atomically(&a.model, |out| {
+    let mut outputs = PartialOutputs::new()?;
+    let model_partial = outputs.add(&a.model)?;
+    let tokenizer_partial = outputs.add(&a.tokenizer)?;
+    write_file(&model_partial, |out| {
         let written = write_model(&gguf, &plan, out, &mut |done, t| {
             bar.set_position(done);
             bar.set_message(t.label.clone());
@@ -141,7 +134,10 @@ fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    write_atomically(&a.tokenizer, |out| Ok(out.write_all(&tokenizer_bytes)?))?;
+    write_file(&tokenizer_partial, |out| {
+        Ok(out.write_all(&tokenizer_bytes)?)
+    })?;
+    outputs.commit()?;
 
     let special = (0..tokenizer.vocab.len() as u32)
         .filter(|&id| tokenizer.is_special(id))

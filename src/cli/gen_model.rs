@@ -1,11 +1,17 @@
 //! `airllama gen-model`: write a synthetic `.m` model (random weights of a chosen shape) for
 //! streaming tests and benchmarks, without downloading anything.
+//!
+//! The model is written to `<output>.partial` and renamed when complete; an error, Ctrl-C or
+//! `kill` removes the partial file (see [`super::cleanup`]), so a truncated model never sits
+//! under the requested name.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airllama::streaming::synthetic::{LlamaShape, write_model};
 use airllama_kernels::block::FloatType;
 use anyhow::Context;
+
+use super::cleanup::PartialOutputs;
 
 /// Flags of this subcommand.
 #[derive(Debug, clap::Args)]
@@ -77,8 +83,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "f32" => FloatType::F32,
         other => anyhow::bail!("unknown weight type {other:?} (q40, f32)"),
     };
-    let size = write_model(&args.output, &shape.params(weight_type), args.seed)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let mut outputs = PartialOutputs::new()?;
+    let partial = outputs.add(&args.output)?;
+    let size = write_model(&partial, &shape.params(weight_type), args.seed)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    outputs.commit()?;
     println!(
         "wrote {} ({} bytes): {shape:?}, {weight_type:?} weights",
         args.output.display(),

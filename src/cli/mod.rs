@@ -1,6 +1,7 @@
 //! One module per subcommand: flags parsed by clap, validated, then handed to the library.
 pub mod bench;
 pub mod chat;
+pub mod cleanup;
 pub mod convert;
 pub mod gen_model;
 pub mod inference;
