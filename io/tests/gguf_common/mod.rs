@@ -2,6 +2,9 @@
 //! bytes as the GGUF spec describes them, so a reader bug cannot cancel out with a writer bug.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
 use half::{bf16, f16};
 
 pub const T_U8: u32 = 0;
@@ -324,9 +327,92 @@ pub fn tiny_llama() -> GgufBuilder {
     g
 }
 
-/// A unique temporary path for this test process.
-pub fn temp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("airllama-io-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// Prefix of the per-process scratch directories under the system temp dir.
+const SCRATCH_PREFIX: &str = "airllama-io-tests-";
+
+fn scratch_dir_of(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{pid}"))
+}
+
+/// A unique temporary path for this test process, in a scratch directory that is removed when
+/// the test binary exits: a static is never dropped, so the removal is an `atexit` hook (the
+/// test harness ends with `exit`, pass or fail). A binary killed before it could clean up
+/// leaves its directory; the next binary to call this removes those of dead processes.
+pub fn temp_path(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        remove_dead_scratch_dirs();
+        let dir = scratch_dir_of(std::process::id());
+        std::fs::create_dir_all(&dir).unwrap();
+        // SAFETY: registers a function that takes no arguments and never unwinds (it ignores
+        // every error); it only touches the file system.
+        let rc = unsafe { libc::atexit(remove_scratch_dir) };
+        assert_eq!(rc, 0, "atexit refused the scratch dir's cleanup");
+        dir
+    })
+    .join(name)
+}
+
+/// Runs at exit: removes this process's scratch directory.
+extern "C" fn remove_scratch_dir() {
+    let _ = std::fs::remove_dir_all(scratch_dir_of(std::process::id()));
+}
+
+/// Removes the scratch directories of processes that no longer exist.
+fn remove_dead_scratch_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 sends nothing; it only asks whether `pid` exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Run by `scratch_dir_is_removed_at_exit` in a child process: uses a temp path and prints
+/// its directory; does nothing otherwise.
+#[test]
+fn scratch_dir_child() {
+    if std::env::var_os("AIRLLAMA_SCRATCH_CHILD").is_none() {
+        return;
+    }
+    let path = temp_path("child.bin");
+    std::fs::write(&path, b"scratch").unwrap();
+    println!("SCRATCH-DIR {}", path.parent().unwrap().display());
+}
+
+/// A test binary that used a temp path leaves no directory once it exits, and removes the
+/// directory a dead binary left.
+#[test]
+fn scratch_dir_is_removed_at_exit() {
+    // No process has this pid (it is above any `pid_max`): a dead binary's leftover.
+    let stale = scratch_dir_of(i32::MAX as u32);
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("left.bin"), b"old").unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "gguf_common::scratch_dir_child", "--nocapture"])
+        .env("AIRLLAMA_SCRATCH_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let dir = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SCRATCH-DIR "))
+        .unwrap_or_else(|| panic!("the child printed no directory: {stdout}"));
+    assert!(dir.contains(SCRATCH_PREFIX), "unexpected scratch dir {dir}");
+    assert!(!Path::new(dir).exists(), "{dir} outlived its test binary");
+    assert!(!stale.exists(), "{} was not cleaned up", stale.display());
 }
