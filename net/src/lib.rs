@@ -31,6 +31,7 @@
 
 extern crate alloc;
 
+pub mod allow;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -49,6 +49,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// it greets. A dllama root writes its handshake right after `connect` returns, so its bytes
 /// arrive within a round trip; half a second is thousands of LAN round trips.
 pub const WORKER_SILENCE: Duration = Duration::from_millis(500);
+/// How often a worker that is still loading tells the root so ([`LoadResult::Progress`]).
+pub const LOAD_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a `--shared-storage` root waits for the greetings before it sends the dllama
 /// handshake to the workers that did not greet (C++ workers, airllama workers without a model).
 pub const ROOT_GREETING_WAIT: Duration = Duration::from_millis(2500);
@@ -240,6 +242,12 @@ pub enum LoadResult {
         /// Why.
         reason: String,
     },
+    /// Still loading (sent every few seconds of a long load, so that the root's
+    /// `--net-timeout` measures silence, not load time); the final result follows.
+    Progress {
+        /// Bytes read and verified so far.
+        bytes_done: u64,
+    },
 }
 
 impl LoadResult {
@@ -251,6 +259,10 @@ impl LoadResult {
                 put_u32(out, 0);
                 put_u64(out, *bytes_read);
                 put_u64(out, *millis);
+            }
+            LoadResult::Progress { bytes_done } => {
+                put_u32(out, 2);
+                put_u64(out, *bytes_done);
             }
             LoadResult::Refused { reason } => {
                 put_u32(out, 1);
@@ -288,6 +300,9 @@ impl LoadResult {
                     reason: reason.into(),
                 }
             }
+            2 => LoadResult::Progress {
+                bytes_done: r.u64("load progress bytes")?,
+            },
             value => {
                 return Err(DecodeError::UnknownValue {
                     context: "load result status",
@@ -300,6 +315,7 @@ impl LoadResult {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests slice buffers they built")]
 mod tests {
     use super::*;
 
@@ -353,6 +369,11 @@ mod tests {
                 bytes_read: 12345,
                 millis: 67,
             },
+            LoadResult::encode,
+            LoadResult::decode_prefix,
+        );
+        round_trip(
+            &LoadResult::Progress { bytes_done: 77 },
             LoadResult::encode,
             LoadResult::decode_prefix,
         );
@@ -412,7 +433,7 @@ mod tests {
         let mut bytes = Vec::new();
         WorkerGreeting::current().encode(&mut bytes);
         assert!(crate::messages::decode_ack(&bytes[..4]).is_err());
-        assert!(LOAD_REQUEST_MAGIC > crate::limits::MAX_NAME_LEN);
+        const { assert!(LOAD_REQUEST_MAGIC > crate::limits::MAX_NAME_LEN) };
     }
 
     #[test]

@@ -84,11 +84,103 @@ pub struct Peer {
     pub connection: u32,
     /// dllama node index of the other end.
     pub node: u32,
+    /// Its address, once connected: errors name it so an operator knows which machine
+    /// (dllama's protocol is IPv4 only).
+    pub addr: Option<SocketAddrV4>,
+}
+
+impl Peer {
+    fn new(connection: u32, node: u32) -> Peer {
+        Peer {
+            connection,
+            node,
+            addr: None,
+        }
+    }
 }
 
 impl core::fmt::Display for Peer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "node {} (connection {})", self.node, self.connection)
+        match self.addr {
+            Some(addr) => write!(
+                f,
+                "node {} at {addr} (connection {})",
+                self.node, self.connection
+            ),
+            None => write!(f, "node {} (connection {})", self.node, self.connection),
+        }
+    }
+}
+
+/// How long a node spins on a non-blocking socket that has nothing for it (turbo mode) before
+/// it sleeps in `poll` instead: a forward's usual gaps stay spins, a stalled peer costs no CPU.
+pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_millis(2);
+
+/// Waiting for a peer that owes bytes: spin briefly in turbo mode, then sleep in `poll`, and
+/// give up once `limit` has passed without progress (`--net-timeout`).
+struct Stall {
+    since: std::time::Instant,
+    limit: Option<Duration>,
+    turn: u64,
+    /// Spin before sleeping (turbo mode).
+    spin: bool,
+}
+
+impl Stall {
+    fn new(limit: Option<Duration>, spin: bool) -> Stall {
+        Stall {
+            since: std::time::Instant::now(),
+            limit,
+            turn: 0,
+            spin,
+        }
+    }
+
+    /// Bytes moved: the clock starts again.
+    fn progressed(&mut self) {
+        self.since = std::time::Instant::now();
+        self.turn = 0;
+    }
+
+    /// Waits after a would-block until `fds` may be ready. `kernel_waited` says the call was
+    /// a blocking socket's, whose would-block means its own time-out (the limit) ran out.
+    /// `Ok(false)` = the limit passed with no progress.
+    fn wait(&mut self, kernel_waited: bool, fds: &mut [libc::pollfd]) -> io::Result<bool> {
+        let waited = self.since.elapsed();
+        if kernel_waited {
+            return Ok(self.limit.is_none());
+        }
+        if self.spin && waited < SPIN_BEFORE_SLEEP {
+            spin_wait(self.turn);
+            self.turn += 1;
+            return Ok(true);
+        }
+        let ms = match self.limit {
+            None => -1,
+            Some(limit) => {
+                let left = limit.saturating_sub(waited);
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
+            }
+        };
+        loop {
+            // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfds.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if rc >= 0 {
+                // On a time-out the caller retries once and comes back here with no time left.
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    fn waited(&self) -> Duration {
+        self.since.elapsed()
     }
 }
 
@@ -106,6 +198,16 @@ pub enum NetError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// The other end owed bytes and sent none for the whole `--net-timeout`.
+    #[error("{peer} sent nothing for {} s during {context} (--net-timeout)", waited.as_secs())]
+    TimedOut {
+        /// What was being done.
+        context: &'static str,
+        /// The silent end.
+        peer: Peer,
+        /// How long this node waited.
+        waited: Duration,
     },
     /// The other end closed the connection.
     #[error("{peer} closed the connection during {context}")]
@@ -134,6 +236,14 @@ pub enum NetError {
         /// Why.
         #[source]
         source: DecodeError,
+    },
+    /// A connection was refused before any byte was read from it.
+    #[error("connection from {addr} refused: {why}")]
+    Refused {
+        /// Who connected (or, for a named peer, where).
+        addr: SocketAddr,
+        /// Why.
+        why: &'static str,
     },
     /// Waiting for the sync sockets failed.
     #[error("poll on the sync sockets: {source}")]
@@ -240,21 +350,6 @@ fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     }
 }
 
-/// Sleeps until one of `fds` is ready for what is asked of it.
-fn poll_fds(fds: &mut [libc::pollfd]) -> io::Result<()> {
-    loop {
-        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Waits up to `timeout` for `fd` to become readable (or hung up); false when the time ran out.
 fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let deadline = std::time::Instant::now() + timeout;
@@ -320,6 +415,10 @@ pub fn process_cpu_time() -> Duration {
 struct Connection {
     stream: TcpStream,
     peer: Peer,
+    /// The socket is non-blocking (turbo mode).
+    nonblocking: bool,
+    /// `--net-timeout`: the longest this node waits for bytes the peer owes.
+    timeout: Option<Duration>,
     /// Bytes received but not yet consumed (only ever filled while decoding a config
     /// message; every read drains it first).
     ahead: Vec<u8>,
@@ -329,7 +428,15 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: Peer) -> Result<Connection> {
+    fn new(stream: TcpStream, mut peer: Peer) -> Result<Connection> {
+        peer.addr = match stream.peer_addr() {
+            Ok(SocketAddr::V4(a)) => Some(a),
+            Ok(SocketAddr::V6(a)) => a
+                .ip()
+                .to_ipv4_mapped()
+                .map(|ip| SocketAddrV4::new(ip, a.port())),
+            Err(_) => None,
+        };
         configure(&stream).map_err(|source| NetError::Io {
             context: "configuring socket",
             peer,
@@ -338,11 +445,46 @@ impl Connection {
         Ok(Connection {
             stream,
             peer,
+            nonblocking: false,
+            timeout: None,
             ahead: Vec::new(),
             ahead_start: 0,
             sent: 0,
             received: 0,
         })
+    }
+
+    /// Sets `--net-timeout`: a blocking socket's own send and receive time-outs, so a read or
+    /// write that gets nothing for that long returns (and the caller reports it).
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.timeout = timeout.filter(|t| !t.is_zero());
+        self.stream
+            .set_read_timeout(self.timeout)
+            .and_then(|()| self.stream.set_write_timeout(self.timeout))
+            .map_err(|e| self.io("setting the socket time-outs", e))
+    }
+
+    fn timed_out(&self, context: &'static str, stall: &Stall) -> NetError {
+        NetError::TimedOut {
+            context,
+            peer: self.peer,
+            waited: stall.waited(),
+        }
+    }
+
+    /// Waits after a would-block for the socket to become ready for `events`; an error once
+    /// the peer has been silent for the whole time-out.
+    fn stall_wait(&self, stall: &mut Stall, events: i16, context: &'static str) -> Result<()> {
+        let mut fds = [libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events,
+            revents: 0,
+        }];
+        match stall.wait(!self.nonblocking, &mut fds) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.timed_out(context, stall)),
+            Err(source) => Err(NetError::Poll { source }),
+        }
     }
 
     fn io(&self, context: &'static str, source: io::Error) -> NetError {
@@ -453,23 +595,29 @@ impl Connection {
         context: &'static str,
     ) -> Result<bool> {
         let mut done = 0;
-        let mut turn = 0u64;
+        let mut stall = Stall::new(self.timeout, self.nonblocking);
         while let Some(rest) = buf.get_mut(done..) {
             if rest.is_empty() {
                 break;
             }
             match self.read_some(rest, context)? {
-                Some(n) => done += n,
-                None => {
-                    if done == 0 && max_attempts > 0 {
-                        max_attempts -= 1;
-                        if max_attempts == 0 {
-                            return Ok(false);
-                        }
-                    }
-                    spin_wait(turn);
-                    turn += 1;
+                Some(n) => {
+                    done += n;
+                    stall.progressed();
                 }
+                None if done == 0 && max_attempts > 0 => {
+                    // Waiting for a message to begin (a worker between forwards) is idleness,
+                    // not a stall: dllama's attempt count, never the time-out.
+                    max_attempts -= 1;
+                    if max_attempts == 0 {
+                        return Ok(false);
+                    }
+                    if self.nonblocking {
+                        spin_wait(stall.turn);
+                        stall.turn += 1;
+                    }
+                }
+                None => self.stall_wait(&mut stall, libc::POLLIN, context)?,
             }
         }
         self.received += buf.len() as u64;
@@ -478,7 +626,7 @@ impl Connection {
 
     /// dllama's `NnNetwork::write`: 4096-byte chunks, spinning on would-block in turbo mode.
     fn write_chunks(&mut self, data: &[u8], context: &'static str) -> Result<()> {
-        let mut turn = 0u64;
+        let mut stall = Stall::new(self.timeout, self.nonblocking);
         for chunk in data.chunks(MAX_CHUNK_SIZE) {
             let mut done = 0;
             while let Some(rest) = chunk.get(done..) {
@@ -492,15 +640,13 @@ impl Connection {
                             peer: self.peer,
                         });
                     }
-                    Ok(n) => done += n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                        ) =>
-                    {
-                        spin_wait(turn);
-                        turn += 1;
+                    Ok(n) => {
+                        done += n;
+                        stall.progressed();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.stall_wait(&mut stall, libc::POLLOUT, context)?;
                     }
                     Err(e) => return Err(self.io(context, e)),
                 }
@@ -554,18 +700,18 @@ impl Connection {
                     let room = needed.max(64 << 10).min(MAX_CONFIG_MESSAGE_BYTES - start);
                     buf.resize(start + room, 0);
                     let mut got = 0;
-                    let mut turn = 0u64;
+                    let mut stall = Stall::new(self.timeout, self.nonblocking);
                     while got < needed {
                         let Some(dst) = buf.get_mut(start + got..) else {
                             break;
                         };
                         // `ahead` was moved into `buf` above, so this reads the socket.
                         match self.read_some(dst, context)? {
-                            Some(n) => got += n,
-                            None => {
-                                spin_wait(turn);
-                                turn += 1;
+                            Some(n) => {
+                                got += n;
+                                stall.progressed();
                             }
+                            None => self.stall_wait(&mut stall, libc::POLLIN, context)?,
                         }
                     }
                     buf.truncate(start + got);
@@ -620,12 +766,23 @@ impl Network {
 
     /// dllama's `setTurbo`: non-blocking sockets (spin) when on, blocking when off.
     pub fn set_turbo(&mut self, enabled: bool) -> Result<()> {
-        for c in &self.conns {
+        for c in &mut self.conns {
             c.stream
                 .set_nonblocking(enabled)
                 .map_err(|e| c.io("switching turbo mode", e))?;
+            c.nonblocking = enabled;
         }
         self.turbo = enabled;
+        Ok(())
+    }
+
+    /// Sets `--net-timeout` on every connection: the longest this node waits for bytes a
+    /// message or a forward in progress owes it (`None` or zero: forever). Waiting for a
+    /// control packet to begin is never limited.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        for c in &mut self.conns {
+            c.set_timeout(timeout)?;
+        }
         Ok(())
     }
 
@@ -681,7 +838,17 @@ impl Network {
         connection: u32,
         decode: impl FnMut(&[u8]) -> core::result::Result<(T, usize), DecodeError>,
     ) -> Result<T> {
-        self.conn(connection)?.read_message("message", decode)
+        self.read_message_as(connection, "message", decode)
+    }
+
+    /// As [`Network::read_message`], naming the message in errors (`context`).
+    pub fn read_message_as<T>(
+        &mut self,
+        connection: u32,
+        context: &'static str,
+        decode: impl FnMut(&[u8]) -> core::result::Result<(T, usize), DecodeError>,
+    ) -> Result<T> {
+        self.conn(connection)?.read_message(context, decode)
     }
 
     /// Writes `outgoing.data` to each of its connections and fills every `incoming` buffer from
@@ -711,7 +878,8 @@ impl Network {
                 *pos += conn.take_ahead(buf);
             }
         }
-        let mut turn = 0u64;
+        let limit = self.conns.iter().filter_map(|c| c.timeout).min();
+        let mut stall = Stall::new(limit, self.turbo);
         loop {
             let mut pending = false;
             let mut progress = false;
@@ -741,34 +909,45 @@ impl Network {
             if !pending {
                 break;
             }
-            if !progress {
-                if self.turbo {
-                    spin_wait(turn);
-                    turn += 1;
-                } else {
-                    let mut fds = Vec::with_capacity(n);
-                    for (i, c) in out_range.clone().enumerate() {
-                        let waiting = out_pos.get(i).is_some_and(|p| *p < out_data.len());
-                        if let (true, Some(conn)) = (waiting, self.conns.get(c as usize)) {
-                            fds.push(libc::pollfd {
-                                fd: conn.stream.as_raw_fd(),
-                                events: libc::POLLOUT,
-                                revents: 0,
-                            });
-                        }
-                    }
-                    for ((c, buf), pos) in incoming.iter().zip(in_pos.iter()) {
-                        if let (true, Some(conn)) = (*pos < buf.len(), self.conns.get(*c as usize))
-                        {
-                            fds.push(libc::pollfd {
-                                fd: conn.stream.as_raw_fd(),
-                                events: libc::POLLIN,
-                                revents: 0,
-                            });
-                        }
-                    }
-                    poll_fds(&mut fds).map_err(|source| NetError::Poll { source })?;
+            if progress {
+                stall.progressed();
+                continue;
+            }
+            let mut fds = Vec::with_capacity(n);
+            // The first connection still owed something: the one a time-out names.
+            let mut owing: Option<Peer> = None;
+            for (i, c) in out_range.clone().enumerate() {
+                let waiting = out_pos.get(i).is_some_and(|p| *p < out_data.len());
+                if let (true, Some(conn)) = (waiting, self.conns.get(c as usize)) {
+                    owing.get_or_insert(conn.peer);
+                    fds.push(libc::pollfd {
+                        fd: conn.stream.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    });
                 }
+            }
+            for ((c, buf), pos) in incoming.iter().zip(in_pos.iter()) {
+                if let (true, Some(conn)) = (*pos < buf.len(), self.conns.get(*c as usize)) {
+                    owing.get_or_insert(conn.peer);
+                    fds.push(libc::pollfd {
+                        fd: conn.stream.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                }
+            }
+            // The calls above never block: outside turbo mode every wait is a sleep in poll.
+            match stall.wait(false, &mut fds) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(NetError::TimedOut {
+                        context: "sync",
+                        peer: owing.unwrap_or(Peer::new(0, 0)),
+                        waited: stall.waited(),
+                    });
+                }
+                Err(source) => return Err(NetError::Poll { source }),
             }
         }
         for c in out_range {
@@ -857,7 +1036,18 @@ impl Network {
     /// sends each its handshake and reads its ACK, then sends every worker the root-ready ACK.
     /// Connection `i` is worker `i` (node `i + 1`).
     pub fn connect_to_workers(workers: &[PeerAddress]) -> Result<Network> {
-        Ok(Network::connect_inner(workers, None)?.0)
+        Ok(Network::connect_inner(workers, None, None)?.0)
+    }
+
+    /// As [`Network::connect_to_workers`] (with `greeting_wait`, as
+    /// [`Network::connect_to_workers_shared`]) and `--net-timeout` applied from the first
+    /// connect on: a worker that accepts but never answers is named instead of waited for.
+    pub fn connect_to_workers_within(
+        workers: &[PeerAddress],
+        greeting_wait: Option<Duration>,
+        timeout: Option<Duration>,
+    ) -> Result<(Network, Vec<bool>)> {
+        Network::connect_inner(workers, greeting_wait, timeout.filter(|t| !t.is_zero()))
     }
 
     /// As [`Network::connect_to_workers`] for a root that loads from shared storage (see
@@ -868,13 +1058,22 @@ impl Network {
         workers: &[PeerAddress],
         wait: Duration,
     ) -> Result<(Network, Vec<bool>)> {
-        Network::connect_inner(workers, Some(wait))
+        Network::connect_inner(workers, Some(wait), None)
     }
 
     fn connect_inner(
         workers: &[PeerAddress],
         greeting_wait: Option<Duration>,
+        timeout: Option<Duration>,
     ) -> Result<(Network, Vec<bool>)> {
+        let open = |i: usize, worker: &PeerAddress| -> Result<Connection> {
+            let mut conn = Connection::new(
+                connect_within(worker, timeout)?,
+                Peer::new(i as u32, i as u32 + 1),
+            )?;
+            conn.set_timeout(timeout)?;
+            Ok(conn)
+        };
         let n_workers = u32::try_from(workers.len())
             .ok()
             .filter(|n| (1..=crate::limits::MAX_WORKERS).contains(n))
@@ -886,24 +1085,27 @@ impl Network {
         if let Some(wait) = greeting_wait {
             // Every connection first, so that the workers' silence windows run in parallel.
             for (i, worker) in workers.iter().enumerate() {
-                let peer = Peer {
-                    connection: i as u32,
-                    node: i as u32 + 1,
-                };
-                conns.push(Connection::new(connect(worker)?, peer)?);
+                conns.push(open(i, worker)?);
             }
             let deadline = std::time::Instant::now() + wait;
-            let mut pending: Vec<usize> = (0..conns.len()).collect();
-            while !pending.is_empty() {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let mut fds: Vec<libc::pollfd> = pending
+            loop {
+                let waiting: Vec<usize> = (0..conns.len())
+                    .filter(|i| greeted.get(*i) == Some(&false))
+                    .collect();
+                let mut fds: Vec<libc::pollfd> = conns
                     .iter()
-                    .map(|&i| libc::pollfd {
-                        fd: conns[i].stream.as_raw_fd(),
+                    .zip(&greeted)
+                    .filter(|(_, g)| !**g)
+                    .map(|(c, _)| libc::pollfd {
+                        fd: c.stream.as_raw_fd(),
                         events: libc::POLLIN,
                         revents: 0,
                     })
                     .collect();
+                if fds.is_empty() {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
                 let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
                 // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfds.
                 let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -917,53 +1119,26 @@ impl Network {
                 if rc == 0 {
                     break;
                 }
-                let mut still = Vec::new();
-                for (k, &i) in pending.iter().enumerate() {
-                    if fds[k].revents == 0 {
-                        still.push(i);
+                for (pfd, i) in fds.iter().zip(waiting) {
+                    if pfd.revents == 0 {
                         continue;
                     }
-                    let conn = &mut conns[i];
-                    let mut bytes = [0u8; crate::shared_storage::GREETING_SIZE];
-                    // A worker writes its greeting in one send; allow a round trip or two
-                    // for its tail.
-                    let tail = deadline.max(std::time::Instant::now() + Duration::from_secs(2));
-                    if !conn.read_exact_before(&mut bytes, tail, "reading the worker's greeting")? {
-                        return Err(NetError::Decode {
-                            peer: conn.peer,
-                            source: DecodeError::Truncated {
-                                context: "shared-storage greeting",
-                                needed: bytes.len(),
-                            },
-                        });
-                    }
-                    crate::shared_storage::WorkerGreeting::decode_prefix(&bytes).map_err(
-                        |source| NetError::Decode {
-                            peer: conn.peer,
-                            source,
-                        },
-                    )?;
-                    let mut reply = Vec::new();
-                    crate::shared_storage::RootReply {
-                        version: crate::shared_storage::PROTOCOL_VERSION,
-                        shared_storage: true,
-                    }
-                    .encode(&mut reply);
-                    conn.write_chunks(&reply, "answering the worker's greeting")?;
-                    greeted[i] = true;
+                    let (Some(conn), Some(greeted)) = (conns.get_mut(i), greeted.get_mut(i)) else {
+                        continue;
+                    };
+                    answer_greeting(conn, deadline)?;
+                    *greeted = true;
                 }
-                pending = still;
             }
         }
         for (i, worker) in workers.iter().enumerate() {
-            let peer = Peer {
-                connection: i as u32,
-                node: i as u32 + 1,
-            };
             if greeting_wait.is_none() {
-                conns.push(Connection::new(connect(worker)?, peer)?);
+                conns.push(open(i, worker)?);
             }
-            let conn = &mut conns[i];
+            let conn = conns.get_mut(i).ok_or(NetError::Usage {
+                context: "a worker without a connection",
+            })?;
+            let peer = conn.peer;
             let hello = Handshake {
                 n_workers,
                 worker_index: i as u32,
@@ -1006,7 +1181,11 @@ impl Network {
         &mut self,
         connection: u32,
     ) -> Result<crate::shared_storage::LoadResult> {
-        self.read_message(connection, crate::shared_storage::LoadResult::decode_prefix)
+        self.read_message_as(
+            connection,
+            "shared-storage load result",
+            crate::shared_storage::LoadResult::decode_prefix,
+        )
     }
 }
 
@@ -1078,6 +1257,62 @@ impl Drop for Network {
 }
 
 /// dllama's `connectSocket`: IPv4 only, first address the resolver gives.
+/// Reads a worker's greeting (its first bytes arrived) and answers it: this session loads from
+/// shared storage.
+fn answer_greeting(conn: &mut Connection, deadline: std::time::Instant) -> Result<()> {
+    use crate::shared_storage::{GREETING_SIZE, PROTOCOL_VERSION, RootReply, WorkerGreeting};
+    let mut bytes = [0u8; GREETING_SIZE];
+    // A worker writes its greeting in one send; allow a round trip or two for its tail.
+    let tail = deadline.max(std::time::Instant::now() + Duration::from_secs(2));
+    if !conn.read_exact_before(&mut bytes, tail, "reading the worker's greeting")? {
+        return Err(NetError::Decode {
+            peer: conn.peer,
+            source: DecodeError::Truncated {
+                context: "shared-storage greeting",
+                needed: bytes.len(),
+            },
+        });
+    }
+    WorkerGreeting::decode_prefix(&bytes).map_err(|source| NetError::Decode {
+        peer: conn.peer,
+        source,
+    })?;
+    let mut reply = Vec::new();
+    RootReply {
+        version: PROTOCOL_VERSION,
+        shared_storage: true,
+    }
+    .encode(&mut reply);
+    conn.write_chunks(&reply, "answering the worker's greeting")
+}
+
+/// Connects to `peer`, giving up after `timeout` (a black-holed address otherwise takes the
+/// kernel's SYN retries, minutes).
+fn connect_within(peer: &PeerAddress, timeout: Option<Duration>) -> Result<TcpStream> {
+    let Some(timeout) = timeout else {
+        return connect(peer);
+    };
+    let addr = resolve(peer)?;
+    TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| setup_error("connecting to", format!("{}:{}", peer.host, peer.port), e))
+}
+
+/// The IPv4 address of `peer`.
+fn resolve(peer: &PeerAddress) -> Result<SocketAddr> {
+    let target = format!("{}:{}", peer.host, peer.port);
+    (peer.host.as_str(), peer.port)
+        .to_socket_addrs()
+        .map_err(|e| setup_error("resolving", &target, e))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| {
+            setup_error(
+                "resolving",
+                &target,
+                io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"),
+            )
+        })
+}
+
 fn connect(peer: &PeerAddress) -> Result<TcpStream> {
     let target = format!("{}:{}", peer.host, peer.port);
     let addr = (peer.host.as_str(), peer.port)
@@ -1100,6 +1335,10 @@ fn connect(peer: &PeerAddress) -> Result<TcpStream> {
 #[derive(Debug)]
 pub struct Listener {
     inner: TcpListener,
+    /// `--net-timeout` for the sessions it accepts.
+    timeout: Option<Duration>,
+    /// `--allow-root`: who may connect (as root, or as a peer worker).
+    allow: crate::allow::AllowList,
 }
 
 impl Listener {
@@ -1114,12 +1353,30 @@ impl Listener {
         })?;
         let addr = SocketAddrV4::new(ip, port);
         let inner = TcpListener::bind(addr).map_err(|e| setup_error("binding", addr, e))?;
-        Ok(Listener { inner })
+        Ok(Listener::from_std(inner))
     }
 
     /// Wraps a bound std listener (tests bind port 0).
     pub fn from_std(inner: TcpListener) -> Listener {
-        Listener { inner }
+        Listener {
+            inner,
+            timeout: None,
+            allow: crate::allow::AllowList::default(),
+        }
+    }
+
+    /// `--net-timeout` of the sessions this listener accepts: the longest a session waits for
+    /// bytes its root or a peer owes (`None` or zero: forever). Waiting for a root to connect,
+    /// or for a control packet to begin, is never limited.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout.filter(|t| !t.is_zero());
+    }
+
+    /// `--allow-root`: connections from elsewhere are closed before a byte is read
+    /// ([`NetError::Refused`]); the peers a root names must be allowed, and an accepted peer
+    /// connection must come from the address of a peer the root named.
+    pub fn set_allowed(&mut self, allow: crate::allow::AllowList) {
+        self.allow = allow;
     }
 
     /// The bound address.
@@ -1127,6 +1384,54 @@ impl Listener {
         self.inner
             .local_addr()
             .map_err(|e| setup_error("local address of", "listener", e))
+    }
+
+    /// Accepts the next connection from an allowed address; one from elsewhere is closed
+    /// unread and reported.
+    fn accept_allowed(&self) -> Result<TcpStream> {
+        let stream = self.accept()?;
+        match stream.peer_addr() {
+            Ok(addr) if self.allow.allows(addr.ip()) => Ok(stream),
+            Ok(addr) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                Err(NetError::Refused {
+                    addr,
+                    why: "not in --allow-root",
+                })
+            }
+            Err(e) => Err(setup_error("peer address of", "a new connection", e)),
+        }
+    }
+
+    /// Accepts the next peer worker of the mesh: with an allowlist, only from one of
+    /// `expected` (the addresses the root named for the workers listed before this one);
+    /// other connections are closed unread, for at most the session's time-out.
+    fn accept_peer(&self, expected: &[std::net::IpAddr]) -> Result<TcpStream> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(limit) = self.timeout {
+                let left = limit.saturating_sub(started.elapsed());
+                if !wait_readable(self.inner.as_raw_fd(), left)
+                    .map_err(|e| setup_error("waiting for a peer on", "the listener", e))?
+                {
+                    return Err(NetError::Setup {
+                        context: "no peer worker connected to",
+                        addr: self.local_addr()?.to_string(),
+                        source: io::Error::new(io::ErrorKind::TimedOut, "--net-timeout"),
+                    });
+                }
+            }
+            let stream = self.accept()?;
+            let Ok(addr) = stream.peer_addr() else {
+                continue;
+            };
+            if !self.allow.is_restricted() || expected.contains(&addr.ip()) {
+                return Ok(stream);
+            }
+            // Not a peer the root named: someone else (perhaps the real root, if the
+            // handshake was forged). Closed unread.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 
     fn accept(&self) -> Result<TcpStream> {
@@ -1153,12 +1458,10 @@ impl Listener {
     /// ([`WorkerSession::shared_storage`]). A root that speaks first gets dllama's protocol.
     pub fn accept_root_greeting(&self, greet: bool) -> Result<WorkerSession> {
         use crate::shared_storage::{GREETING_SIZE, RootReply, WORKER_SILENCE, WorkerGreeting};
-        let root = self.accept()?;
-        let root_peer = Peer {
-            connection: 0,
-            node: 0,
-        };
-        let mut root = Connection::new(root, root_peer)?;
+        let root = self.accept_allowed()?;
+        let mut root = Connection::new(root, Peer::new(0, 0))?;
+        root.set_timeout(self.timeout)?;
+        let root_peer = root.peer;
         let mut shared_storage = false;
         if greet
             && !wait_readable(root.stream.as_raw_fd(), WORKER_SILENCE)
@@ -1194,19 +1497,33 @@ impl Listener {
             source,
         })?;
         let node_index = hello.node_index();
+        // Every peer the root names must be allowed; the ones this worker accepts must then
+        // connect from those addresses.
+        let mut accepted_from = Vec::new();
+        for (i, peer_addr) in hello.peers.iter().enumerate() {
+            let ip = resolve(peer_addr)?.ip();
+            if !self.allow.allows(ip) {
+                return Err(NetError::Refused {
+                    addr: SocketAddr::new(ip, peer_addr.port),
+                    why: "the root named a peer worker outside --allow-root",
+                });
+            }
+            if !hello.connects_to_peer(i as u32) {
+                accepted_from.push(ip);
+            }
+        }
         let mut conns = vec![root];
         for (i, peer_addr) in hello.peers.iter().enumerate() {
             let i = i as u32;
-            let peer = Peer {
-                connection: i + 1,
-                node: connection_node(node_index, i + 1),
-            };
+            let peer = Peer::new(i + 1, connection_node(node_index, i + 1));
             let stream = if hello.connects_to_peer(i) {
-                connect(peer_addr)?
+                connect_within(peer_addr, self.timeout)?
             } else {
-                self.accept()?
+                self.accept_peer(&accepted_from)?
             };
-            conns.push(Connection::new(stream, peer)?);
+            let mut conn = Connection::new(stream, peer)?;
+            conn.set_timeout(self.timeout)?;
+            conns.push(conn);
         }
         Ok(WorkerSession {
             handshake: hello,
@@ -1239,17 +1556,20 @@ pub struct WorkerSession {
 
 impl WorkerSession {
     fn root_peer(&self) -> Peer {
-        Peer {
-            connection: 0,
-            node: 0,
-        }
+        self.network
+            .conns
+            .first()
+            .map_or(Peer::new(0, 0), |c| c.peer)
     }
 
     /// Reads the root's shared-storage load request (a session with
     /// [`WorkerSession::shared_storage`], after the node config).
     pub fn read_load_request(&mut self) -> Result<crate::shared_storage::LoadRequest> {
-        self.network
-            .read_message(0, crate::shared_storage::LoadRequest::decode_prefix)
+        self.network.read_message_as(
+            0,
+            "shared-storage load request",
+            crate::shared_storage::LoadRequest::decode_prefix,
+        )
     }
 
     /// Answers the load request.
@@ -1261,7 +1581,9 @@ impl WorkerSession {
 
     /// Reads the net config, checks it against the handshake (node count), and ACKs it.
     pub fn read_net_config(&mut self) -> Result<NetConfig> {
-        let net = self.network.read_message(0, NetConfig::decode_prefix)?;
+        let net = self
+            .network
+            .read_message_as(0, "net config", NetConfig::decode_prefix)?;
         if net.n_nodes != self.handshake.n_workers + 1 {
             return Err(NetError::Decode {
                 peer: self.root_peer(),
@@ -1279,7 +1601,7 @@ impl WorkerSession {
     pub fn read_node_config(&mut self, net: &NetConfig) -> Result<NodeConfig> {
         let node = self
             .network
-            .read_message(0, |b| NodeConfig::decode_prefix(b, net))?;
+            .read_message_as(0, "node config", |b| NodeConfig::decode_prefix(b, net))?;
         if node.node_index != self.handshake.node_index() {
             return Err(NetError::Decode {
                 peer: self.root_peer(),
@@ -1308,7 +1630,11 @@ impl WorkerSession {
                 context: "next_weight before the previous record's data was read",
             });
         }
-        match self.network.read_message(0, WeightMessage::decode_prefix)? {
+        match self.network.read_message_as(
+            0,
+            "weight record header",
+            WeightMessage::decode_prefix,
+        )? {
             WeightMessage::End => {
                 self.weights_done = true;
                 self.network.write_ack(0)?;
@@ -1335,7 +1661,9 @@ impl WorkerSession {
                 context: "weight data buffer is not the record's nBytes",
             });
         }
-        self.network.read_exact(0, dst)?;
+        self.network
+            .conn(0)?
+            .try_read_exact(dst, 0, "weight data")?;
         self.pending_weight = None;
         Ok(())
     }
@@ -1391,7 +1719,10 @@ impl ControlReader {
             if self.first_attempt {
                 self.start = process_cpu_time();
             }
-            if !network.try_read_exact(0, &mut bytes, self.attempts)? {
+            if !network
+                .conn(0)?
+                .try_read_exact(&mut bytes, self.attempts, "control packet")?
+            {
                 if network.is_turbo()
                     && !self.first_attempt
                     && process_cpu_time().saturating_sub(self.start) > self.idle_limit
@@ -1401,10 +1732,7 @@ impl ControlReader {
                 self.first_attempt = false;
                 continue;
             }
-            let root = Peer {
-                connection: 0,
-                node: 0,
-            };
+            let root = network.conns.first().map_or(Peer::new(0, 0), |c| c.peer);
             let packet = ControlPacket::decode(&bytes)
                 .and_then(|p| p.check(net, node).map(|()| p))
                 .map_err(|source| NetError::Decode { peer: root, source })?;

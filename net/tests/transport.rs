@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
-use airllama_net::transport::{ControlReader, Listener, NetError, Network, Peer};
+use airllama_net::transport::{ControlReader, Listener, NetError, Network};
 use airllama_net::{
     ControlPacket, NetConfig, NodeConfig, PeerAddress, PipeConfig, SegmentConfig, Size3D,
     SyncConfig, SyncPlan, SyncType,
@@ -172,20 +172,11 @@ fn turbo_switches_like_dllama_and_errors_name_the_peer() {
             }
         }
         match result {
-            Err(NetError::Closed { peer, .. }) => assert_eq!(
-                peer,
-                Peer {
-                    connection: 0,
-                    node: 0
-                }
-            ),
-            Err(NetError::Io { peer, .. }) => assert_eq!(
-                peer,
-                Peer {
-                    connection: 0,
-                    node: 0
-                }
-            ),
+            Err(NetError::Closed { peer, .. }) | Err(NetError::Io { peer, .. }) => {
+                assert_eq!((peer.connection, peer.node), (0, 0));
+                // Errors name the other end's address too.
+                assert!(peer.addr.is_some_and(|a| a.ip().is_loopback()));
+            }
             other => panic!("expected a closed connection, got {other:?}"),
         }
     });
