@@ -68,6 +68,9 @@ pub struct RootOptions {
     pub shared_storage: bool,
     /// Where the identity table of `--shared-storage` is cached (`None`: not cached).
     pub cache_dir: Option<PathBuf>,
+    /// `--net-timeout`: the longest the root waits for bytes a worker owes it (`None`:
+    /// forever); a silent worker is then named by address.
+    pub net_timeout: Option<Duration>,
 }
 
 /// Why the root could not start or a forward failed. Each variant names the file, the worker
@@ -549,14 +552,12 @@ impl Root {
         // `local[c]`: worker connection `c` loads its slices from its own storage.
         let (mut network, local) = if options.workers.is_empty() {
             (None, Vec::new())
-        } else if options.shared_storage {
+        } else {
+            let wait = options.shared_storage.then_some(ROOT_GREETING_WAIT);
             let (network, greeted) =
-                Network::connect_to_workers_shared(&options.workers, ROOT_GREETING_WAIT)
+                Network::connect_to_workers_within(&options.workers, wait, options.net_timeout)
                     .map_err(connect_err)?;
             (Some(network), greeted)
-        } else {
-            let network = Network::connect_to_workers(&options.workers).map_err(connect_err)?;
-            (Some(network), vec![false; options.workers.len()])
         };
         if network.is_some() {
             events(RootEvent::Connected {
@@ -728,10 +729,16 @@ impl Root {
                     .get(connection as usize)
                     .map(address)
                     .unwrap_or_default();
-                match network.read_load_result(connection).map_err(worker_err(
-                    connection,
-                    "waiting for its shared-storage load",
-                ))? {
+                // Progress words only say the worker is alive; the outcome follows them.
+                let mut result = LoadResult::Progress { bytes_done: 0 };
+                while let LoadResult::Progress { .. } = result {
+                    result = network.read_load_result(connection).map_err(worker_err(
+                        connection,
+                        "waiting for its shared-storage load",
+                    ))?;
+                }
+                match result {
+                    LoadResult::Progress { .. } => {}
                     LoadResult::Loaded { bytes_read, millis } => {
                         events(RootEvent::LoadedLocally {
                             address,

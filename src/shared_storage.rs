@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use airllama_io::layout::{ModelLayout, TensorEntry};
+use airllama_io::layout::{LayoutError, ModelLayout, TensorEntry};
 use airllama_io::model::ModelHeader;
 use airllama_net::shared_storage::{Digest, LoadRequest};
 use airllama_net::{FloatType, NetConfig, NodeConfig};
@@ -425,6 +425,20 @@ pub struct LocalModel {
     layout: ModelLayout,
 }
 
+/// One node's records: the plan built from the local file, the node's config and index, and
+/// the root's request with their digests.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeRecords<'a> {
+    /// The plan of every node's records.
+    pub plan: &'a WeightPlan,
+    /// This node's config.
+    pub node: &'a NodeConfig,
+    /// This node's index.
+    pub node_index: u32,
+    /// The root's digests of this node's records.
+    pub request: &'a LoadRequest,
+}
+
 /// What a worker loaded from its own storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalLoad {
@@ -452,15 +466,20 @@ impl LocalModel {
                 what: e.to_string(),
             }
         })?;
-        // A truncated copy has a header whose tensors run past the end: that is a mismatch to
-        // report against the root's size, so the layout is taken over the header's full extent
-        // and checked against the file when a request arrives.
-        let layout = ModelLayout::new(&header, u64::MAX)
-            .or_else(|_| ModelLayout::new(&header, size))
-            .map_err(|e| SharedStorageError::Model {
-                path: path.to_path_buf(),
-                what: e.to_string(),
-            })?;
+        // A truncated (or overlong) copy is a mismatch to report against the root's size, with
+        // the first tensor it lacks: the layout is taken at the size the header implies, and
+        // the file's own size is checked when a request arrives.
+        let layout = match ModelLayout::new(&header, size) {
+            Err(
+                LayoutError::FileTooShort { expected, .. }
+                | LayoutError::FileTooLong { expected, .. },
+            ) => ModelLayout::new(&header, expected),
+            other => other,
+        }
+        .map_err(|e| SharedStorageError::Model {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?;
         Ok(LocalModel {
             path: path.to_path_buf(),
             file,
@@ -605,19 +624,24 @@ impl LocalModel {
     /// loads again).
     pub fn load_with_cache(
         &self,
-        plan: &WeightPlan,
-        node: &NodeConfig,
-        node_index: u32,
-        request: &LoadRequest,
+        records_of: &NodeRecords<'_>,
         executor: &mut Executor,
         spill: &mut SpillFile,
+        progress: &mut dyn FnMut(u64),
     ) -> Result<LocalLoad, SharedStorageError> {
+        let NodeRecords {
+            plan,
+            node,
+            node_index,
+            request,
+        } = *records_of;
         let started = Instant::now();
         let (mut records, mut bytes) = (0u64, 0u64);
         let mut chunk = vec![0u8; COPY_CHUNK];
         for (load, expected) in plan.node_loads(node_index).zip(&request.records) {
             records += 1;
             bytes += load.header.n_bytes;
+            progress(bytes);
             let Some(op) = spill.spills(node, &load.target) else {
                 let dst = executor.weight_mut(&load.target)?;
                 self.read_verified(load, expected, dst)?;
@@ -682,11 +706,16 @@ impl LocalModel {
     /// verified against `request`'s digest as it is read.
     pub fn load_resident(
         &self,
-        plan: &WeightPlan,
-        node_index: u32,
-        request: &LoadRequest,
+        records_of: &NodeRecords<'_>,
         executor: &mut Executor,
+        progress: &mut dyn FnMut(u64),
     ) -> Result<LocalLoad, SharedStorageError> {
+        let NodeRecords {
+            plan,
+            node_index,
+            request,
+            ..
+        } = *records_of;
         let started = Instant::now();
         let (mut records, mut bytes) = (0u64, 0u64);
         for (load, expected) in plan.node_loads(node_index).zip(&request.records) {
@@ -694,6 +723,7 @@ impl LocalModel {
             self.read_verified(load, expected, dst)?;
             records += 1;
             bytes += load.header.n_bytes;
+            progress(bytes);
         }
         Ok(LocalLoad {
             records,

@@ -433,7 +433,7 @@ impl WeightStreamer {
         let p = &self.plan;
         let reader = match &self.reader {
             Some(r) => format!(
-                ", {} {} reads (alignment {} B){}",
+                ", {} {} reads (alignment {} B){}{}",
                 r.engine_name(),
                 if r.is_direct() {
                     "O_DIRECT"
@@ -443,6 +443,9 @@ impl WeightStreamer {
                 r.alignment().block(),
                 r.fallback_reason()
                     .map(|w| format!("; io_uring not used: {w}"))
+                    .unwrap_or_default(),
+                r.warning()
+                    .map(|w| format!("; warning: {w}"))
                     .unwrap_or_default()
             ),
             None => String::new(),

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use airllama_kernels::backend::Backend;
 use airllama_net::SyncStep;
-use airllama_net::shared_storage::LoadResult;
+use airllama_net::shared_storage::{LOAD_PROGRESS_INTERVAL, LoadResult};
 use airllama_net::transport::{ControlReader, Listener, NetError, Network, WorkerSession};
 use airllama_net::{NetConfig, NodeConfig};
 
 use crate::executor::{Executor, ExecutorError, ExecutorOptions, Synchronizer, WeightFeed};
-use crate::shared_storage::{LocalModel, SharedStorageError, slice_cache_path};
+use crate::shared_storage::{LocalModel, NodeRecords, SharedStorageError, slice_cache_path};
 use crate::streaming::{SpillFile, StreamingError, StreamingOptions, WeightStreamer};
 
 /// How the worker runs.
@@ -42,6 +42,11 @@ pub struct WorkerOptions {
     pub model: Option<PathBuf>,
     /// Where the slice cache of a shared-storage session under `--mem-budget` goes.
     pub cache_dir: Option<PathBuf>,
+    /// `--net-timeout`: the longest a session waits for bytes its root or a peer owes (`None`:
+    /// forever).
+    pub net_timeout: Option<std::time::Duration>,
+    /// `--allow-root`: who may connect.
+    pub allow: airllama_net::allow::AllowList,
 }
 
 /// Why a session ended early.
@@ -130,11 +135,14 @@ pub fn available_memory() -> Option<u64> {
 
 /// Listens and serves roots forever; returns only when the port cannot be bound.
 pub fn serve(options: &WorkerOptions, log: &mut dyn FnMut(&str)) -> Result<(), ListenError> {
-    let listener = Listener::bind(&options.host, options.port).map_err(|source| ListenError {
-        host: options.host.clone(),
-        port: options.port,
-        source,
-    })?;
+    let mut listener =
+        Listener::bind(&options.host, options.port).map_err(|source| ListenError {
+            host: options.host.clone(),
+            port: options.port,
+            source,
+        })?;
+    listener.set_timeout(options.net_timeout);
+    listener.set_allowed(options.allow.clone());
     log(&format!(
         "listening on {}:{} ({} thread(s), kernels: {})",
         options.host,
@@ -243,12 +251,27 @@ fn load_shared(
         request.records.len(),
         model.display()
     ));
+    // A long load tells the root it is alive every few seconds (its --net-timeout measures
+    // silence, not load time).
+    let mut last_word = Instant::now();
+    let mut progress = |bytes_done: u64| {
+        if last_word.elapsed() >= LOAD_PROGRESS_INTERVAL {
+            let _ = session.send_load_result(&LoadResult::Progress { bytes_done });
+            last_word = Instant::now();
+        }
+    };
     let mut load = || -> Result<_, SessionError> {
         let local = LocalModel::open(model)?;
         let plan = local.plan_for(&request, net, node, node_index)?;
+        let records = NodeRecords {
+            plan: &plan,
+            node,
+            node_index,
+            request: &request,
+        };
         let Some(streaming) = &options.streaming else {
             let mut executor = Executor::new(net, node, exec_options)?;
-            let load = local.load_resident(&plan, node_index, &request, &mut executor)?;
+            let load = local.load_resident(&records, &mut executor, &mut progress)?;
             return Ok((executor, None, load));
         };
         // Under a budget the streamed slices come from a slice cache built from the local
@@ -272,7 +295,7 @@ fn load_shared(
         };
         let Some(mut spill) = open()? else {
             let mut executor = Executor::new(net, node, exec_options)?;
-            let load = local.load_resident(&plan, node_index, &request, &mut executor)?;
+            let load = local.load_resident(&records, &mut executor, &mut progress)?;
             return Ok((executor, None, load));
         };
         log(&format!(
@@ -283,14 +306,7 @@ fn load_shared(
         ));
         let mut executor =
             Executor::with_streamed_weights(net, node, exec_options, spill.streamed_ops())?;
-        let load = match local.load_with_cache(
-            &plan,
-            node,
-            node_index,
-            &request,
-            &mut executor,
-            &mut spill,
-        ) {
+        let load = match local.load_with_cache(&records, &mut executor, &mut spill, &mut progress) {
             Err(SharedStorageError::StaleCache { path, what }) => {
                 log(&format!(
                     "slice cache {} no longer matches ({what}): rebuilding it",
@@ -301,14 +317,7 @@ fn load_shared(
                 spill = open()?.ok_or_else(|| {
                     StreamingError::Plan("the slice cache plan changed while loading".into())
                 })?;
-                local.load_with_cache(
-                    &plan,
-                    node,
-                    node_index,
-                    &request,
-                    &mut executor,
-                    &mut spill,
-                )?
+                local.load_with_cache(&records, &mut executor, &mut spill, &mut progress)?
             }
             other => other?,
         };

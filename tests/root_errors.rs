@@ -24,6 +24,7 @@ fn options(model: PathBuf, workers: Vec<PeerAddress>) -> RootOptions {
         max_memory: u64::MAX,
         shared_storage: false,
         cache_dir: None,
+        net_timeout: None,
     }
 }
 

@@ -146,6 +146,7 @@ fn options(g: &Golden, workers: Vec<PeerAddress>, backend: Backend) -> RootOptio
         max_memory: u64::MAX,
         shared_storage: false,
         cache_dir: None,
+        net_timeout: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn run(
         max_memory: u64::MAX,
         shared_storage: false,
         cache_dir: None,
+        net_timeout: None,
     };
     let mut root = Root::open(&options, &mut |_| {}).expect("root opens");
     let prompt = tokenizer.encode(PROMPT, true, true).unwrap();

@@ -514,9 +514,20 @@ fn refuses_a_truncated_copy_with_both_sizes() {
     let cut = bytes.len() - 4096;
     let copy = tmp.path().join("truncated.m");
     std::fs::write(&copy, &bytes[..cut]).unwrap();
-    // Both sizes: the copy's, and the one the header (and the root's file) implies.
+    // Both sizes (the copy's, and the root's), the word for it, and the first tensor the
+    // copy lacks: the classifier is the last tensor of the file.
     let (ours, theirs) = (format!("{cut} bytes"), bytes.len().to_string());
-    refusal_with(&v, &copy, &[ours.as_str(), theirs.as_str()], &tmp);
+    refusal_with(
+        &v,
+        &copy,
+        &[
+            ours.as_str(),
+            theirs.as_str(),
+            "truncated",
+            "the first tensor past its end is classifier",
+        ],
+        &tmp,
+    );
 }
 
 #[test]

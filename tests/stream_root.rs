@@ -28,6 +28,7 @@ fn options(model: &Path) -> RootOptions {
         max_memory: u64::MAX,
         shared_storage: false,
         cache_dir: None,
+        net_timeout: None,
     }
 }
 
@@ -117,6 +118,8 @@ fn with_worker(path: &Path, streaming: Option<&StreamingOptions>) -> Vec<Vec<f32
             streaming: None,
             model: None,
             cache_dir: None,
+            net_timeout: None,
+            allow: Default::default(),
         };
         serve_session(&listener, &options, &mut |_| {}).map_err(|e| e.to_string())
     });

@@ -220,6 +220,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_memory: available_memory().unwrap_or(u64::MAX),
         shared_storage: false,
         cache_dir: None,
+        net_timeout: None,
     };
     let streaming = args.mem_budget.map(StreamingOptions::new);
     let load_bar = progress_bar(

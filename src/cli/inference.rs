@@ -76,6 +76,25 @@ pub struct RootArgs {
     /// $AIRLLAMA_CACHE_DIR, $XDG_CACHE_HOME/airllama or ~/.cache/airllama).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Seconds to wait for bytes a worker owes (a reply, a slice of a forward) before giving
+    /// up and naming it; 0 = forever. Time between prompts is never limited.
+    #[arg(long, default_value_t = 60)]
+    pub net_timeout: u64,
+    /// Most memory the root's own graph may allocate (weights, buffers, KV cache), e.g. 8G;
+    /// checked before allocating (default: the machine's available memory).
+    #[arg(long, value_parser = airllama::streaming::parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+/// `--net-timeout` seconds as the library takes them (0 = forever).
+pub fn net_timeout(seconds: u64) -> Option<std::time::Duration> {
+    (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+}
+
+/// `--max-memory`, never above what the machine has available.
+pub fn max_memory(flag: Option<u64>) -> u64 {
+    let available = available_memory().unwrap_or(u64::MAX);
+    flag.map_or(available, |m| m.min(available))
 }
 
 fn parse_sync_type(value: &str) -> Result<SyncFloatType, String> {
@@ -139,8 +158,9 @@ pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
         n_threads: args.nthreads as usize,
         turbo: args.net_turbo == 1,
         backend,
-        max_memory: available_memory().unwrap_or(u64::MAX),
+        max_memory: max_memory(args.max_memory),
         shared_storage: args.shared_storage,
+        net_timeout: net_timeout(args.net_timeout),
         cache_dir: args
             .cache_dir
             .clone()

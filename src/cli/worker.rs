@@ -3,7 +3,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use airllama::streaming::{StreamingOptions, parse_size};
-use airllama::worker::{WorkerOptions, available_memory, serve};
+use airllama::worker::{WorkerOptions, serve};
 use airllama_kernels::backend::Backend;
 
 /// Flags of this subcommand (dllama's names and defaults).
@@ -40,6 +40,27 @@ pub struct Args {
     /// $AIRLLAMA_CACHE_DIR, $XDG_CACHE_HOME/airllama or ~/.cache/airllama).
     #[arg(long)]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Seconds to wait for bytes the root or a peer owes (a message begun, a slice of a
+    /// forward) before dropping the session; 0 = forever. Waiting for a root, and for the next
+    /// forward, is never limited.
+    #[arg(long, default_value_t = 60)]
+    pub net_timeout: u64,
+    /// Serve only roots (and peer workers) from these IPv4 addresses or networks, e.g.
+    /// `--allow-root 10.0.0.0/24 192.168.1.7`; others are closed unread and logged (default:
+    /// anyone, as dllama).
+    #[arg(long, num_args = 1.., value_parser = parse_allowed)]
+    pub allow_root: Vec<airllama_net::allow::AllowedNet>,
+    /// Most memory a session may allocate (weights, buffers, KV cache, streaming ring), e.g.
+    /// 4G; a root asking for more is refused before anything is allocated (default: the
+    /// machine's available memory).
+    #[arg(long, value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+fn parse_allowed(text: &str) -> Result<airllama_net::allow::AllowedNet, String> {
+    airllama_net::allow::AllowedNet::parse(text).map_err(|why| {
+        format!("invalid --allow-root {text:?}: {why} (expected a.b.c.d or a.b.c.d/n)")
+    })
 }
 
 /// Runs the subcommand: serves until the port cannot be bound.
@@ -52,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         n_threads: args.nthreads as usize,
         turbo: args.net_turbo == 1,
         backend,
-        max_memory: available_memory().unwrap_or(u64::MAX),
+        max_memory: super::inference::max_memory(args.max_memory),
         streaming: args.mem_budget.map(|budget| {
             let mut s = StreamingOptions::new(budget);
             if let Some(dir) = args.spill_dir.clone() {
@@ -62,6 +83,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             s
         }),
         model: args.model.clone(),
+        net_timeout: super::inference::net_timeout(args.net_timeout),
+        allow: airllama_net::allow::AllowList::new(args.allow_root.clone()),
         cache_dir: args
             .cache_dir
             .clone()

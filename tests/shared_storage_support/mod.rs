@@ -461,11 +461,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>) {
                 return;
             }
             Ok(n) => {
+                // Counted before they are passed on: whatever the receiver does with them (an
+                // answer the test then waits for) happens after the count, never before.
+                counter.fetch_add(n as u64, Ordering::SeqCst);
                 if to.write_all(&buf[..n]).is_err() {
                     let _ = from.shutdown(Shutdown::Both);
                     return;
                 }
-                counter.fetch_add(n as u64, Ordering::SeqCst);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
