@@ -528,6 +528,13 @@ impl Root {
             }
             None => OwnWeights::Resident,
         };
+        // The streaming ring counts against --max-memory too.
+        let ring = match &own {
+            OwnWeights::Resident => 0,
+            OwnWeights::Model(s) => s.streamer.plan().ring_bytes(),
+            OwnWeights::Spill(s, _) => s.plan().ring_bytes(),
+        };
+        let exec_options = exec_options.within(ring);
         let mut executor = match &own {
             OwnWeights::Resident => Executor::new(&graph.net, own_node, &exec_options)?,
             OwnWeights::Model(s) => Executor::with_streamed_weights(

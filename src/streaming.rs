@@ -472,6 +472,9 @@ impl WeightStreamer {
     /// Call before each forward: starts the first units' reads (so they overlap the resident
     /// layers' compute) and resets the statistics.
     pub fn begin_forward(&mut self) -> Result<(), StreamError> {
+        if let Some(map) = &self.map {
+            map.check_len().map_err(StreamError::Io)?;
+        }
         if let Some(reader) = self.reader.as_mut() {
             reader.take_stats();
         }

@@ -179,6 +179,9 @@ fn receive_weights(
         Some(s) => SpillFile::create(node, s)?,
         None => None,
     };
+    // The streaming ring counts against --max-memory too.
+    let ring = spill.as_ref().map_or(0, |s| s.plan().ring_bytes());
+    let exec_options = &exec_options.within(ring);
     let mut executor = match &spill {
         Some(spill) => {
             log(&format!(
@@ -304,6 +307,7 @@ fn load_shared(
             spill.path().display(),
             if spill.is_reused() { "reused" } else { "new" }
         ));
+        let exec_options = &exec_options.within(spill.plan().ring_bytes());
         let mut executor =
             Executor::with_streamed_weights(net, node, exec_options, spill.streamed_ops())?;
         let load = match local.load_with_cache(&records, &mut executor, &mut spill, &mut progress) {

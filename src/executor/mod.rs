@@ -161,6 +161,16 @@ pub struct ExecutorOptions {
 }
 
 impl ExecutorOptions {
+    /// These options with `reserved` bytes (a streaming ring, say) taken off `max_memory`.
+    pub fn within(&self, reserved: u64) -> ExecutorOptions {
+        ExecutorOptions {
+            max_memory: self.max_memory.saturating_sub(reserved),
+            ..self.clone()
+        }
+    }
+}
+
+impl ExecutorOptions {
     /// Options with no memory cap beyond what the allocator grants.
     pub fn new(backend: Backend, n_threads: usize) -> ExecutorOptions {
         ExecutorOptions {
@@ -252,7 +262,11 @@ impl Executor {
         let required = node.required_memory(net).saturating_sub(streamed_bytes);
         if required > options.max_memory {
             return Err(ExecutorError::OutOfMemory {
-                what: "the node (pipes, buffers and weights)".into(),
+                what: format!(
+                    "the node (pipes, buffers and weights): more than the {} bytes allowed \
+                     (--max-memory, or the memory available)",
+                    options.max_memory
+                ),
                 bytes: required,
             });
         }

@@ -33,6 +33,7 @@ pub fn drop_cache(file: &File, range: Range<u64>) -> io::Result<()> {
 pub struct MappedFile {
     map: memmap2::Mmap,
     file: File,
+    path: std::path::PathBuf,
 }
 
 impl MappedFile {
@@ -43,12 +44,36 @@ impl MappedFile {
         // model file, and the documented contract is that nobody truncates it while mapped
         // (the same contract as every mmap-based model loader).
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(MappedFile { map, file })
+        Ok(MappedFile {
+            map,
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The file's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Checks that the file still covers the whole map. A mapped page past the end of a file
+    /// that another process truncated raises SIGBUS when touched; calling this before each use
+    /// turns that into an error naming the sizes (a truncation in the instant between the check
+    /// and the read is the one window left).
+    pub fn check_len(&self) -> io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len < self.map.len() as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} shrank from {} to {len} bytes while it was mapped (truncated or \
+                     rewritten by another process)",
+                    self.path.display(),
+                    self.map.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Unmaps the pages of `range` from this process (`MADV_DONTNEED`) and drops them from the
