@@ -146,7 +146,7 @@ pub enum RootError {
         source: NetError,
     },
     /// Talking to one worker failed.
-    #[error("worker {address} (node {node}) while {what}")]
+    #[error("worker {address} (node {node}) while {what}{hint}")]
     Worker {
         /// `host:port`.
         address: String,
@@ -154,6 +154,9 @@ pub enum RootError {
         node: u32,
         /// What the root was doing.
         what: &'static str,
+        /// Where to look when the worker hung up: dllama's protocol has no error message, so
+        /// its reason is in its own log.
+        hint: &'static str,
         /// The transport's error.
         source: NetError,
     },
@@ -302,6 +305,20 @@ impl Synchronizer for TimedSync<'_> {
         let result = self.network.sync_step(step, pipe);
         self.spent += started.elapsed();
         result.map_err(|e| Box::new(e) as _)
+    }
+}
+
+/// Whether the worker closed the connection (rather than, say, sending bad bytes).
+fn hung_up(error: &NetError) -> bool {
+    match error {
+        NetError::Closed { .. } => true,
+        NetError::Io { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
     }
 }
 
@@ -597,6 +614,12 @@ impl Root {
                 address,
                 node: connection + 1,
                 what,
+                hint: if hung_up(&source) {
+                    " (it hung up: its log says why, e.g. --max-memory, a --spill-dir it cannot \
+                     write, a config it refuses)"
+                } else {
+                    ""
+                },
                 source,
             }
         };

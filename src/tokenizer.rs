@@ -100,6 +100,15 @@ pub enum TokenizerError {
     /// The `.t` bytes are malformed.
     #[error(transparent)]
     File(#[from] TokenizerFileError),
+    /// The `.t` file at `path` is malformed.
+    #[error("tokenizer file {path}: {source}")]
+    Malformed {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: TokenizerFileError,
+    },
 }
 
 /// Why a text could not be encoded.
@@ -158,7 +167,13 @@ impl Tokenizer {
             path: path.display().to_string(),
             source,
         })?;
-        Tokenizer::from_bytes(&bytes)
+        Tokenizer::from_bytes(&bytes).map_err(|e| match e {
+            TokenizerError::File(source) => TokenizerError::Malformed {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
     }
 
     /// Parses `.t` bytes.
