@@ -37,7 +37,7 @@ use crate::graph::{
     GraphError, GraphParams, LlmGraph, SyncFloatType, WeightPlan, WeightPlanError,
     check_dllama_root_limits,
 };
-use crate::shared_storage::{IdentityTable, SharedStorageError, TableSource};
+use crate::shared_storage::{IdentityTable, SharedStorageError, TableSource, read_ranges};
 use crate::streaming::{
     MapMode, ModelStreaming, SpillFile, StreamStats, StreamingError, StreamingOptions,
     WeightStreamer, op_number,
@@ -328,38 +328,6 @@ fn address(peer: &PeerAddress) -> String {
 
 fn address_list(workers: &[PeerAddress]) -> String {
     workers.iter().map(address).collect::<Vec<_>>().join(" ")
-}
-
-/// Reads `ranges` of `file` back to back into `dst` (whose length is their total).
-fn read_ranges(
-    file: &File,
-    path: &Path,
-    ranges: impl Iterator<Item = std::ops::Range<u64>>,
-    dst: &mut [u8],
-) -> Result<(), RootError> {
-    let mut at = 0usize;
-    for range in ranges {
-        let len = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
-        let part = at
-            .checked_add(len)
-            .and_then(|end| dst.get_mut(at..end))
-            .ok_or_else(|| RootError::ReadModel {
-                path: path.to_path_buf(),
-                offset: range.start,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "slice larger than its planned size",
-                ),
-            })?;
-        file.read_exact_at(part, range.start)
-            .map_err(|source| RootError::ReadModel {
-                path: path.to_path_buf(),
-                offset: range.start,
-                source,
-            })?;
-        at += len;
-    }
-    Ok(())
 }
 
 /// Most bytes a weight record is read in at a time when it is not read straight into the
@@ -691,7 +659,13 @@ impl Root {
                 };
                 if resident {
                     let dst = executor.weight_mut(&load.target)?;
-                    read_ranges(&file, &path, load.bytes.ranges(), dst)?;
+                    read_ranges(&file, load.bytes.ranges(), dst).map_err(|(offset, source)| {
+                        RootError::ReadModel {
+                            path: path.clone(),
+                            offset,
+                            source,
+                        }
+                    })?;
                 } else if let OwnWeights::Spill(spill, _) = &mut own
                     && let Some(op) = spill.spills(own_node, &load.target)
                 {

@@ -171,13 +171,13 @@ impl FileStamp {
     }
 }
 
-/// Reads `ranges` of `file` back to back into `dst`, whose length is their total.
-fn read_ranges(
+/// Reads `ranges` of `file` back to back into `dst`, whose length is their total; on failure,
+/// the offset it failed at and why.
+pub(crate) fn read_ranges(
     file: &File,
-    path: &Path,
     ranges: impl Iterator<Item = std::ops::Range<u64>>,
     dst: &mut [u8],
-) -> Result<(), SharedStorageError> {
+) -> Result<(), (u64, std::io::Error)> {
     let mut at = 0usize;
     for range in ranges {
         let len = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
@@ -189,11 +189,7 @@ fn read_ranges(
                 "slice larger than its planned size",
             )),
         };
-        result.map_err(|source| SharedStorageError::Read {
-            path: path.to_path_buf(),
-            offset: range.start,
-            source,
-        })?;
+        result.map_err(|e| (range.start, e))?;
         at += len;
     }
     Ok(())
@@ -607,7 +603,13 @@ impl LocalModel {
         expected: &Digest,
         dst: &mut [u8],
     ) -> Result<(), SharedStorageError> {
-        read_ranges(&self.file, &self.path, load.bytes.ranges(), dst)?;
+        read_ranges(&self.file, load.bytes.ranges(), dst).map_err(|(offset, source)| {
+            SharedStorageError::Read {
+                path: self.path.clone(),
+                offset,
+                source,
+            }
+        })?;
         if digest(dst) != *expected {
             return Err(self.mismatch(format!(
                 "{} differs from the root's copy",

@@ -1314,19 +1314,9 @@ fn resolve(peer: &PeerAddress) -> Result<SocketAddr> {
 }
 
 fn connect(peer: &PeerAddress) -> Result<TcpStream> {
-    let target = format!("{}:{}", peer.host, peer.port);
-    let addr = (peer.host.as_str(), peer.port)
-        .to_socket_addrs()
-        .map_err(|e| setup_error("resolving", &target, e))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| {
-            setup_error(
-                "resolving",
-                &target,
-                io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"),
-            )
-        })?;
-    TcpStream::connect(addr).map_err(|e| setup_error("connecting to", &target, e))
+    let addr = resolve(peer)?;
+    TcpStream::connect(addr)
+        .map_err(|e| setup_error("connecting to", format!("{}:{}", peer.host, peer.port), e))
 }
 
 /// A worker's listening socket. It stays open across sessions: after a session ends, call
