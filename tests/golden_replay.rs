@@ -27,6 +27,13 @@ fn requirement(scenario: &str) -> (Isa, Option<&'static str>) {
 }
 
 fn replay_case(scenario: &str, worker_index: usize, nthreads: usize) {
+    replay_case_with(scenario, worker_index, nthreads, false);
+}
+
+/// With `with_model`, the worker also holds its own copy of the model (`--model`, for
+/// `--shared-storage` roots): a C++ root, which never waits in silence for a greeting, must see
+/// exactly the same bytes.
+fn replay_case_with(scenario: &str, worker_index: usize, nthreads: usize, with_model: bool) {
     let (isa, limit) = requirement(scenario);
     if Backend::new(isa).is_none() {
         println!(
@@ -38,7 +45,12 @@ fn replay_case(scenario: &str, worker_index: usize, nthreads: usize) {
     let scenario_data =
         Scenario::load(&dir).unwrap_or_else(|e| panic!("golden scenario {}: {e}", dir.display()));
     let bin = env!("CARGO_BIN_EXE_airllama");
-    let cmd = format!("'{bin}' worker --host 127.0.0.1 --port {{port}} --nthreads {nthreads}");
+    let mut cmd = format!("'{bin}' worker --host 127.0.0.1 --port {{port}} --nthreads {nthreads}");
+    if with_model {
+        let variant = scenario.split('/').next().unwrap_or_default();
+        let model = golden_dir().join(variant).join("model.m");
+        cmd.push_str(&format!(" --model '{}'", model.display()));
+    }
     let mut options = ReplayOptions::new(worker_index, cmd);
     options.timeout = Duration::from_secs(600);
     if let Some(l) = limit {
@@ -97,6 +109,18 @@ golden! {
     qwen3moe_q40_3nodes_w1_t2: "qwen3moe-q40/3nodes", 1, 2;
     qwen3moe_q40_2nodes_long_w0_t1: "qwen3moe-q40/2nodes-long", 0, 1;
     qwen3moe_q40_2nodes_long_w0_t2: "qwen3moe-q40/2nodes-long", 0, 2;
+}
+
+/// A worker holding its own copy of the model (`--model`) serves a C++ root as if it had none.
+#[test]
+fn a_worker_with_a_model_serves_a_cpp_root_byte_exactly() {
+    for (scenario, worker) in [
+        ("llama-q40/3nodes", 1),
+        ("qwen3moe-q40/2nodes", 0),
+        ("llama-f32/2nodes-avx2", 0),
+    ] {
+        replay_case_with(scenario, worker, 1, true);
+    }
 }
 
 /// Every x86 scenario folder in the golden set has a test above (a new recording must not be
