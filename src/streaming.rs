@@ -375,6 +375,20 @@ pub struct WeightStreamer {
     release_map: Option<Vec<Range<u64>>>,
     last_mapped_unit: Option<usize>,
     plan: ResidencyPlan,
+    /// The file the units stream from (the model, a spill file or a slice cache), for errors.
+    file: PathBuf,
+}
+
+/// A streamed read failed: names the file, since a model truncated or replaced under a
+/// running node shows up here first.
+#[derive(Debug, thiserror::Error)]
+#[error("streaming from {file}: {source}")]
+pub struct StreamedFromError {
+    /// The file.
+    pub file: String,
+    /// What failed.
+    #[source]
+    pub source: StreamError,
 }
 
 impl std::fmt::Debug for WeightStreamer {
@@ -411,6 +425,20 @@ impl WeightStreamer {
             release_map,
             last_mapped_unit: None,
             plan,
+            file: PathBuf::new(),
+        }
+    }
+
+    /// Names the file the units stream from (for errors).
+    fn reading(mut self, file: &Path) -> WeightStreamer {
+        self.file = file.to_path_buf();
+        self
+    }
+
+    fn named(&self, source: StreamError) -> StreamedFromError {
+        StreamedFromError {
+            file: self.file.display().to_string(),
+            source,
         }
     }
 
@@ -555,13 +583,15 @@ impl WeightFeed for WeightStreamer {
     fn weight(&mut self, op: usize) -> Result<&[u8], Box<dyn std::error::Error + Send + Sync>> {
         match self.sources.get(op).cloned() {
             Some(OpSource::Streamed { pos, range }) => {
-                if self.current.as_ref().is_some_and(|(p, _)| *p == pos) {
-                    if let Some(reader) = self.reader.as_mut() {
-                        reader.poll()?;
+                let read = if self.current.as_ref().is_some_and(|(p, _)| *p == pos) {
+                    match self.reader.as_mut() {
+                        Some(reader) => reader.poll(),
+                        None => Ok(()),
                     }
                 } else {
-                    self.load(pos)?;
-                }
+                    self.load(pos)
+                };
+                read.map_err(|e| self.named(e))?;
                 let (_, slot) = self.current.as_ref().expect("loaded");
                 Ok(slot.get(range).ok_or("op range outside its unit's slot")?)
             }
@@ -742,7 +772,8 @@ impl ModelStreaming {
                 options.overlap,
                 release_map,
                 residency,
-            ),
+            )
+            .reading(path),
         })
     }
 
@@ -772,13 +803,12 @@ pub struct SpillFile {
     cache: Option<CachePath>,
 }
 
-/// Removes `<path>.partial-<pid>` files of processes that no longer run (killed while they
-/// wrote the cache).
+/// Removes the `<cache>.partial-<pid>` files in `path`'s directory whose process no longer
+/// runs (killed while it wrote a cache), whatever cache they were for.
 fn remove_dead_partials(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(dir) = path.parent() else {
         return;
     };
-    let prefix = format!("{}.partial-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -786,8 +816,8 @@ fn remove_dead_partials(path: &Path) {
         let file_name = entry.file_name();
         let Some(pid) = file_name
             .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(|n| n.rsplit_once(".partial-"))
+            .and_then(|(_, p)| p.parse::<u32>().ok())
         else {
             continue;
         };
@@ -1170,7 +1200,8 @@ impl SpillFile {
             options.overlap,
             None,
             self.residency.clone(),
-        ))
+        )
+        .reading(&self.path))
     }
 }
 

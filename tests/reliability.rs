@@ -617,7 +617,9 @@ fn allow_root_refuses_a_named_peer_outside_the_list() {
     println!("worker: {error}");
     assert!(
         error.contains(&format!("127.0.0.2:{trap_port}"))
-            && error.contains("the root named a peer worker outside --allow-root"),
+            && error.contains("named the peer worker")
+            && error.contains("outside --allow-root")
+            && error.contains("node 0 at 127.0.0.1:"),
         "{error}"
     );
     thread::sleep(Duration::from_millis(100));

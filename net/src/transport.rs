@@ -240,10 +240,18 @@ pub enum NetError {
     /// A connection was refused before any byte was read from it.
     #[error("connection from {addr} refused: {why}")]
     Refused {
-        /// Who connected (or, for a named peer, where).
+        /// Who connected.
         addr: SocketAddr,
         /// Why.
         why: &'static str,
+    },
+    /// The root named a peer worker this worker may not contact (`--allow-root`).
+    #[error("{root} named the peer worker {peer}, which is outside --allow-root; session refused")]
+    PeerNotAllowed {
+        /// The root that sent the handshake.
+        root: Peer,
+        /// The named peer.
+        peer: SocketAddr,
     },
     /// Waiting for the sync sockets failed.
     #[error("poll on the sync sockets: {source}")]
@@ -642,7 +650,16 @@ impl Connection {
                     }
                     Ok(n) => {
                         done += n;
-                        stall.progressed();
+                        // A blocking send returns short only when its time-out ran out (or a
+                        // signal came): then the peer has been stalling all along, and the
+                        // clock keeps running.
+                        if self.nonblocking || n == rest.len() {
+                            stall.progressed();
+                        } else if let Some(limit) = self.timeout
+                            && stall.waited() >= limit
+                        {
+                            return Err(self.timed_out(context, &stall));
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1379,17 +1396,20 @@ impl Listener {
     /// Accepts the next connection from an allowed address; one from elsewhere is closed
     /// unread and reported.
     fn accept_allowed(&self) -> Result<TcpStream> {
-        let stream = self.accept()?;
-        match stream.peer_addr() {
-            Ok(addr) if self.allow.allows(addr.ip()) => Ok(stream),
-            Ok(addr) => {
-                let _ = stream.shutdown(Shutdown::Both);
-                Err(NetError::Refused {
-                    addr,
-                    why: "not in --allow-root",
-                })
+        loop {
+            let stream = self.accept()?;
+            match stream.peer_addr() {
+                Ok(addr) if self.allow.allows(addr.ip()) => return Ok(stream),
+                Ok(addr) => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return Err(NetError::Refused {
+                        addr,
+                        why: "not in --allow-root",
+                    });
+                }
+                // Reset before it was accepted: nobody to serve.
+                Err(_) => continue,
             }
-            Err(e) => Err(setup_error("peer address of", "a new connection", e)),
         }
     }
 
@@ -1493,9 +1513,9 @@ impl Listener {
         for (i, peer_addr) in hello.peers.iter().enumerate() {
             let ip = resolve(peer_addr)?.ip();
             if !self.allow.allows(ip) {
-                return Err(NetError::Refused {
-                    addr: SocketAddr::new(ip, peer_addr.port),
-                    why: "the root named a peer worker outside --allow-root",
+                return Err(NetError::PeerNotAllowed {
+                    root: root_peer,
+                    peer: SocketAddr::new(ip, peer_addr.port),
                 });
             }
             if !hello.connects_to_peer(i as u32) {
