@@ -8,8 +8,10 @@
 //! and length is checked against the bytes that remain and against fixed limits before anything
 //! is allocated, so a hostile file gives a [`GgufError`], never a panic or a huge allocation.
 //! [`GgufFile::open`] memory-maps a file, parses its header and hands out each tensor's bytes
-//! (checked to lie inside the file) and dequantizes F32, F16, BF16, Q4_0, Q4_1 and Q8_0 tensors
-//! block by block.
+//! (checked to lie inside the file) and dequantizes tensors block by block: F32, F16, BF16,
+//! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0
+//! and MXFP4 ([`GgmlType::DEQUANTIZABLE`]). The other IQ types (IQ1/IQ2/IQ3) are known by name
+//! and size but refused: they decode through large code-book tables of ggml's.
 use std::fs::File;
 use std::path::Path;
 
@@ -141,26 +143,42 @@ impl GgmlType {
     pub const Q4_0: GgmlType = GgmlType(2);
     /// Blocks of 32: f16 scale `d`, f16 minimum `m`, 16 bytes of codes; value = code·d + m.
     pub const Q4_1: GgmlType = GgmlType(3);
-    /// 5-bit blocks with scale.
+    /// Blocks of 32: f16 scale `d`, u32 of fifth bits, 16 bytes of nibbles; value = (q − 16)·d.
     pub const Q5_0: GgmlType = GgmlType(6);
-    /// 5-bit blocks with scale and minimum.
+    /// Blocks of 32: f16 `d`, f16 minimum `m`, fifth bits, nibbles; value = q·d + m.
     pub const Q5_1: GgmlType = GgmlType(7);
     /// Blocks of 32: f16 scale `d`, 32 signed bytes; value = q·d.
     pub const Q8_0: GgmlType = GgmlType(8);
-    /// 8-bit blocks with scale and sum.
+    /// 8-bit blocks with scale and sum (an activation type; never in model files).
     pub const Q8_1: GgmlType = GgmlType(9);
-    /// K-quant, 2 bits.
+    /// K-quant, 2 bits: 256-value super-blocks of 16-value sub-blocks with 4-bit scales/mins.
     pub const Q2_K: GgmlType = GgmlType(10);
-    /// K-quant, 3 bits.
+    /// K-quant, 3 bits, 6-bit signed sub-block scales.
     pub const Q3_K: GgmlType = GgmlType(11);
-    /// K-quant, 4 bits.
+    /// K-quant, 4 bits, 6-bit scales and minimums per 32 values.
     pub const Q4_K: GgmlType = GgmlType(12);
-    /// K-quant, 5 bits.
+    /// K-quant, 5 bits, as Q4_K plus a fifth bit.
     pub const Q5_K: GgmlType = GgmlType(13);
-    /// K-quant, 6 bits.
+    /// K-quant, 6 bits, 8-bit signed scales per 16 values.
     pub const Q6_K: GgmlType = GgmlType(14);
-    /// K-quant, 8 bits.
+    /// K-quant, 8 bits, f32 scale (ggml's activation type for K-quant dot products).
     pub const Q8_K: GgmlType = GgmlType(15);
+    /// 2.06 bits per weight, lattice code book.
+    pub const IQ2_XXS: GgmlType = GgmlType(16);
+    /// 2.31 bits per weight, lattice code book.
+    pub const IQ2_XS: GgmlType = GgmlType(17);
+    /// 3.06 bits per weight, lattice code book.
+    pub const IQ3_XXS: GgmlType = GgmlType(18);
+    /// 1.56 bits per weight, lattice code book.
+    pub const IQ1_S: GgmlType = GgmlType(19);
+    /// Blocks of 32: f16 scale, nibbles indexing a fixed non-linear table of 16 levels.
+    pub const IQ4_NL: GgmlType = GgmlType(20);
+    /// 3.44 bits per weight, lattice code book.
+    pub const IQ3_S: GgmlType = GgmlType(21);
+    /// 2.5 bits per weight, lattice code book.
+    pub const IQ2_S: GgmlType = GgmlType(22);
+    /// IQ4_NL levels in 256-value super-blocks with 6-bit sub-block scales.
+    pub const IQ4_XS: GgmlType = GgmlType(23);
     /// 8-bit integers.
     pub const I8: GgmlType = GgmlType(24);
     /// 16-bit integers.
@@ -171,8 +189,20 @@ impl GgmlType {
     pub const I64: GgmlType = GgmlType(27);
     /// 64-bit floats.
     pub const F64: GgmlType = GgmlType(28);
+    /// 1.75 bits per weight, lattice code book.
+    pub const IQ1_M: GgmlType = GgmlType(29);
     /// bfloat16.
     pub const BF16: GgmlType = GgmlType(30);
+    /// Ternary, 1.69 bits per weight (base-3 packed trits).
+    pub const TQ1_0: GgmlType = GgmlType(34);
+    /// Ternary, 2 bits per weight.
+    pub const TQ2_0: GgmlType = GgmlType(35);
+    /// OCP microscaling FP4: e8m0 exponent per 32 e2m1 values.
+    pub const MXFP4: GgmlType = GgmlType(39);
+    /// NVIDIA FP4: e4m3 scale per 16 e2m1 values, 64-value blocks.
+    pub const NVFP4: GgmlType = GgmlType(40);
+    /// 1-bit blocks of 128.
+    pub const Q1_0: GgmlType = GgmlType(41);
 
     /// `(values per block, bytes per block)` as in ggml's type traits, for the types whose
     /// layout this reader knows; `None` for the rest.
@@ -192,6 +222,20 @@ impl GgmlType {
             GgmlType::Q5_K => (256, 176),
             GgmlType::Q6_K => (256, 210),
             GgmlType::Q8_K => (256, 292),
+            GgmlType::IQ2_XXS => (256, 66),
+            GgmlType::IQ2_XS => (256, 74),
+            GgmlType::IQ3_XXS => (256, 98),
+            GgmlType::IQ1_S => (256, 50),
+            GgmlType::IQ4_NL => (32, 18),
+            GgmlType::IQ3_S => (256, 110),
+            GgmlType::IQ2_S => (256, 82),
+            GgmlType::IQ4_XS => (256, 136),
+            GgmlType::IQ1_M => (256, 56),
+            GgmlType::TQ1_0 => (256, 54),
+            GgmlType::TQ2_0 => (256, 66),
+            GgmlType::MXFP4 => (32, 17),
+            GgmlType::NVFP4 => (64, 36),
+            GgmlType::Q1_0 => (128, 18),
             GgmlType::I8 => (1, 1),
             GgmlType::I16 => (1, 2),
             GgmlType::I32 => (1, 4),
@@ -202,20 +246,36 @@ impl GgmlType {
         })
     }
 
+    /// Every type [`dequantize`] handles.
+    pub const DEQUANTIZABLE: [GgmlType; 19] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
+    ];
+
     /// Whether [`dequantize`] handles this type.
     pub fn can_dequantize(self) -> bool {
-        matches!(
-            self,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
-                | GgmlType::Q8_0
-        )
+        GgmlType::DEQUANTIZABLE.contains(&self)
     }
 
-    /// ggml's name for the type (`"q4_1"`), or `"type<N>"`.
+    /// ggml's name for the type (`"q4_1"`, `"iq4_nl"`, as in ggml's type traits), or
+    /// `"type<N>"` for a code ggml does not define.
     pub fn name(self) -> String {
         let known = match self {
             GgmlType::F32 => "f32",
@@ -232,6 +292,30 @@ impl GgmlType {
             GgmlType::Q5_K => "q5_K",
             GgmlType::Q6_K => "q6_K",
             GgmlType::Q8_K => "q8_K",
+            GgmlType::IQ2_XXS => "iq2_xxs",
+            GgmlType::IQ2_XS => "iq2_xs",
+            GgmlType::IQ3_XXS => "iq3_xxs",
+            GgmlType::IQ1_S => "iq1_s",
+            GgmlType::IQ4_NL => "iq4_nl",
+            GgmlType::IQ3_S => "iq3_s",
+            GgmlType::IQ2_S => "iq2_s",
+            GgmlType::IQ4_XS => "iq4_xs",
+            GgmlType::IQ1_M => "iq1_m",
+            GgmlType::TQ1_0 => "tq1_0",
+            GgmlType::TQ2_0 => "tq2_0",
+            GgmlType::MXFP4 => "mxfp4",
+            GgmlType::NVFP4 => "nvfp4",
+            GgmlType::Q1_0 => "q1_0",
+            // Codes of types ggml has removed: their layouts are gone, but the names stay
+            // recognisable in messages.
+            GgmlType(4) => "q4_2 (removed from ggml)",
+            GgmlType(5) => "q4_3 (removed from ggml)",
+            GgmlType(31) => "q4_0_4_4 (removed from ggml)",
+            GgmlType(32) => "q4_0_4_8 (removed from ggml)",
+            GgmlType(33) => "q4_0_8_8 (removed from ggml)",
+            GgmlType(36) => "iq4_nl_4_4 (removed from ggml)",
+            GgmlType(37) => "iq4_nl_4_8 (removed from ggml)",
+            GgmlType(38) => "iq4_nl_8_8 (removed from ggml)",
             GgmlType::I8 => "i8",
             GgmlType::I16 => "i16",
             GgmlType::I32 => "i32",
@@ -934,8 +1018,10 @@ impl GgufFile {
 /// Dequantizes whole blocks of `ty` from `bytes` into `out` (as ggml's `dequantize_row_*`).
 ///
 /// `out.len()` must be `bytes.len() / block_bytes * block_values`; returns `Err(ty)` for a type
-/// it cannot dequantize. The arithmetic matches ggml's reference C: Q4_0 `(q - 8) * d`, Q4_1
-/// `q * d + m`, Q8_0 `q * d`, all in f32 with the f16 scales widened exactly.
+/// it cannot dequantize ([`GgmlType::DEQUANTIZABLE`] lists the others). The arithmetic matches
+/// ggml's reference C and the PyPI `gguf` package's `gguf.quants.dequantize` bit for bit:
+/// Q4_0 `(q - 8) * d`, Q4_1 `q * d + m`, Q8_0 `q * d`, all in f32 with the f16 scales widened
+/// exactly; the 5-bit, K, IQ4, TQ and MXFP4 types are in `gguf_quants`, one function each.
 pub fn dequantize(
     ty: GgmlType,
     bytes: &[u8],
@@ -987,6 +1073,19 @@ pub fn dequantize(
                 }
             }
         }
+        GgmlType::Q5_0 => crate::gguf_quants::q5_0(bytes, out),
+        GgmlType::Q5_1 => crate::gguf_quants::q5_1(bytes, out),
+        GgmlType::Q2_K => crate::gguf_quants::q2_k(bytes, out),
+        GgmlType::Q3_K => crate::gguf_quants::q3_k(bytes, out),
+        GgmlType::Q4_K => crate::gguf_quants::q4_k(bytes, out),
+        GgmlType::Q5_K => crate::gguf_quants::q5_k(bytes, out),
+        GgmlType::Q6_K => crate::gguf_quants::q6_k(bytes, out),
+        GgmlType::Q8_K => crate::gguf_quants::q8_k(bytes, out),
+        GgmlType::IQ4_NL => crate::gguf_quants::iq4_nl(bytes, out),
+        GgmlType::IQ4_XS => crate::gguf_quants::iq4_xs(bytes, out),
+        GgmlType::TQ1_0 => crate::gguf_quants::tq1_0(bytes, out),
+        GgmlType::TQ2_0 => crate::gguf_quants::tq2_0(bytes, out),
+        GgmlType::MXFP4 => crate::gguf_quants::mxfp4(bytes, out),
         other => return Err(other),
     }
     Ok(())

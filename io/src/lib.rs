@@ -12,6 +12,7 @@
 pub mod convert;
 pub mod fuzzing;
 pub mod gguf;
+mod gguf_quants;
 pub mod layout;
 pub mod model;
 pub mod stream;

@@ -241,9 +241,9 @@ fn unsupported_inputs_get_typed_errors() {
     ));
 }
 
-/// A source type the converter cannot dequantize is named in the error. (A real Q6_K tensor
-/// needs 256-value rows, wider than the tiny model's, so the type is changed in the parsed
-/// header.)
+/// A source type the converter cannot dequantize is named in the error, by its ggml name. (A
+/// real IQ2_XXS tensor needs 256-value rows, wider than the tiny model's, so the type is changed
+/// in the parsed header.)
 #[test]
 fn unsupported_tensor_type_is_named() {
     let mut h = GgufHeader::parse(&tiny_llama().build()).unwrap();
@@ -252,11 +252,16 @@ fn unsupported_tensor_type_is_named() {
         .iter_mut()
         .find(|t| t.name == "blk.0.attn_v.weight")
         .unwrap();
-    t.ty = airllama_io::gguf::GgmlType::Q6_K;
-    assert!(matches!(
-        ModelPlan::from_gguf(&h, FloatType::Q40),
-        Err(ConvertError::UnsupportedTensorType { name, .. }) if name == "blk.0.attn_v.weight"
-    ));
+    t.ty = airllama_io::gguf::GgmlType::IQ2_XXS;
+    let err = ModelPlan::from_gguf(&h, FloatType::Q40).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::UnsupportedTensorType { name, .. } if name == "blk.0.attn_v.weight")
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("type iq2_xxs") && msg.contains("q4_K, q5_K, q6_K"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -117,7 +117,7 @@ fn tensor_types_dequantize_by_their_layout() {
             G_Q8_0,
             [q8_0_block(0.125, &qs), q8_0_block(-2.0, &qs)].concat(),
         )
-        .tensor("q6_k", &[256], G_Q6_K, vec![0; 210]);
+        .tensor("iq2_xxs", &[256], 16, vec![0; 66]);
     let path = temp_path("types.gguf");
     std::fs::write(&path, g.build()).unwrap();
     let file = GgufFile::open(&path).unwrap();
@@ -157,10 +157,10 @@ fn tensor_types_dequantize_by_their_layout() {
         file.dequantize_range(t, 16, &mut second),
         Err(GgufError::BadRange { .. })
     ));
-    // Q6_K's layout is known (so its extent is checked) but it is not dequantized.
-    let k = h.tensor("q6_k").unwrap();
-    assert_eq!(k.n_bytes, Some(210));
-    assert_eq!(k.ty, GgmlType::Q6_K);
+    // IQ2_XXS's layout is known (so its extent is checked) but it is not dequantized.
+    let k = h.tensor("iq2_xxs").unwrap();
+    assert_eq!(k.n_bytes, Some(66));
+    assert_eq!(k.ty, GgmlType::IQ2_XXS);
     let mut out = vec![0f32; 256];
     assert!(matches!(
         file.dequantize_range(k, 0, &mut out),

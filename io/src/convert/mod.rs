@@ -83,7 +83,10 @@ pub enum ConvertError {
         found: Vec<u64>,
     },
     /// A tensor type this converter cannot dequantize.
-    #[error("tensor {name:?} has type {ty}; supported: f32, f16, bf16, q4_0, q4_1, q8_0")]
+    #[error(
+        "tensor {name:?} has type {ty}, which the converter cannot read; supported: {}",
+        supported_types()
+    )]
     UnsupportedTensorType {
         /// Tensor name.
         name: String,
@@ -146,6 +149,15 @@ pub struct ModelPlan {
     pub tensors: Vec<PlannedTensor>,
     /// Whether the classifier reuses the embedding (no `output.weight`).
     pub tied_embeddings: bool,
+}
+
+/// The ggml names of the tensor types the converter reads, for messages.
+fn supported_types() -> String {
+    GgmlType::DEQUANTIZABLE
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const ARCH: &str = "general.architecture";
