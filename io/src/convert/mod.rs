@@ -1,19 +1,26 @@
-//! GGUF → dllama `.m` / `.t` conversion for llama-family models.
+//! GGUF → dllama `.m` / `.t` conversion for the architectures dllama runs: `llama` (Llama 1-3.x,
+//! Mistral, SmolLM2, ...), `qwen3` and `qwen3moe`.
 //!
-//! [`ModelPlan::from_gguf`] reads the `llama.*` metadata into a [`ModelHeader`] (the keys and
-//! order dllama's `convert-hf.py` writes) and lists the source tensor of every `.m` tensor in
-//! dllama's file order: embedding; per layer q, k, v, wo, w1 (gate), w2 (down), w3 (up),
-//! attention norm, ffn norm; final norm; classifier (`output.weight`, or the embedding when the
-//! model ties them). [`write_model`] then streams tensor by tensor: each source block range is
-//! dequantized by its own GGUF type into a small f32 buffer and written as F32 or requantized to
-//! Q40 exactly as dllama's converter rounds ([`q40`]), so memory stays at one chunk plus the
-//! mapped pages of the current tensor, and the output depends on nothing but the input.
+//! [`ModelPlan::from_gguf_file`] reads the `<arch>.*` metadata into a [`ModelHeader`] (the keys
+//! and order dllama's `convert-hf.py` writes; Llama 3.1+ RoPE scaling recovered from
+//! `rope_freqs.weight` by [`rope::llama3_scaling`]) and lists the source tensor of every `.m`
+//! tensor in dllama's file order: embedding; per layer q, k, v, wo, then w1 (gate), w2 (down),
+//! w3 (up) — for qwen3moe the router and each expert's three from the 3-D expert tensors —,
+//! then the q/k norms (qwen3), attention norm, ffn norm; final norm; classifier
+//! (`output.weight`, or the embedding when the model ties them). A GGUF tensor with no place
+//! in that list is refused. [`write_model`] then streams tensor by tensor: each source block
+//! range is dequantized by its own GGUF type into a small f32 buffer and written as F32 or
+//! requantized to Q40 exactly as dllama's converter rounds ([`q40`]), so memory stays at one
+//! chunk plus the mapped pages of the current tensor, and the output depends on nothing but
+//! the input.
 //!
-//! q and k rows need no permutation: llama.cpp's `convert_hf_to_gguf.py` applies to HF q/k the
-//! same reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2) that dllama's `convert-hf.py`
-//! applies (with the kv head count for k), so a GGUF already stores them in the interleaved
-//! (Meta) order dllama's llama RoPE expects.
+//! q and k rows need no permutation: llama.cpp's `convert_hf_to_gguf.py` applies to llama's
+//! HF q/k the same reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2) that dllama's
+//! `convert-hf.py` applies (with the kv head count for k), so a llama GGUF already stores them
+//! in the interleaved (Meta) order dllama's llama RoPE expects; and neither converter permutes
+//! Qwen3's, whose NeoX-style ("falcon") RoPE rotates halves.
 pub mod q40;
+pub mod rope;
 pub mod tokenizer;
 
 use std::io::{self, Write};
@@ -35,7 +42,7 @@ pub enum ConvertError {
     Gguf(#[from] GgufError),
     /// `general.architecture` is not one this converter handles.
     #[error(
-        "unsupported architecture {0:?}: only llama-family GGUF files (general.architecture = \"llama\") are converted"
+        "unsupported architecture {0:?}: general.architecture must be llama, qwen3 or qwen3moe (the architectures dllama runs)"
     )]
     UnsupportedArchitecture(String),
     /// A required metadata key is absent.
@@ -121,6 +128,9 @@ pub enum ConvertError {
 pub struct PlannedTensor {
     /// Source GGUF tensor.
     pub source: TensorInfo,
+    /// First element read from it (non-zero for one expert of a 3-D expert tensor); the
+    /// tensor takes `rows × cols` elements from there.
+    pub source_start: u64,
     /// What it is in the `.m` file (for messages): `"layer 3 q"`.
     pub label: String,
     /// Output storage type.
@@ -161,6 +171,8 @@ fn supported_types() -> String {
 }
 
 const ARCH: &str = "general.architecture";
+/// Llama 3.1+ RoPE factors in llama.cpp's GGUFs.
+const ROPE_FREQS: &str = "rope_freqs.weight";
 
 fn get<'a>(g: &'a GgufHeader, key: &'static str) -> Option<&'a GgufValue> {
     g.get(key)
@@ -214,52 +226,158 @@ pub fn norm_epsilon_code(eps: f64) -> Result<NormEpsilon, ConvertError> {
     }
 }
 
+/// The GGUF architectures the converter reads, with the `.m` architecture each becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceArch {
+    /// `llama`: Llama 1/2/3, Mistral, SmolLM2, TinyLlama, ...
+    Llama,
+    /// `qwen3`: per-head q/k norms, NeoX ("falcon") RoPE.
+    Qwen3,
+    /// `qwen3moe`: as qwen3 with a router and experts in every layer.
+    Qwen3Moe,
+}
+
+/// `"<arch>.<suffix>"` as a `&'static str` (the errors name their keys statically).
+macro_rules! key {
+    ($arch:expr, $suffix:literal) => {
+        match $arch {
+            SourceArch::Llama => concat!("llama.", $suffix),
+            SourceArch::Qwen3 => concat!("qwen3.", $suffix),
+            SourceArch::Qwen3Moe => concat!("qwen3moe.", $suffix),
+        }
+    };
+}
+
+/// Largest `rope_freqs.weight` read (a head of 8192 values).
+const MAX_ROPE_FACTORS: u64 = 4096;
+
 impl ModelPlan {
-    /// Checks the metadata and tensors of a llama-family GGUF and plans the `.m` file.
+    /// Checks the metadata and tensors of a GGUF (`general.architecture` llama, qwen3 or
+    /// qwen3moe) and plans the `.m` file.
+    ///
+    /// A Llama 3.1+ GGUF keeps its RoPE scaling in the data of `rope_freqs.weight`, which a
+    /// header alone does not hold: [`ModelPlan::from_gguf_file`] reads it, this function
+    /// refuses such a file.
     pub fn from_gguf(g: &GgufHeader, weights: FloatType) -> Result<ModelPlan, ConvertError> {
+        Self::plan(g, weights, None)
+    }
+
+    /// As [`ModelPlan::from_gguf`], reading `rope_freqs.weight` (when present) to recover the
+    /// Llama 3.1 RoPE scaling numbers ([`rope::llama3_scaling`]).
+    pub fn from_gguf_file(gguf: &GgufFile, weights: FloatType) -> Result<ModelPlan, ConvertError> {
+        let g = gguf.header();
+        let factors = match g.tensor(ROPE_FREQS) {
+            None => None,
+            Some(t) => {
+                if t.n_elements > MAX_ROPE_FACTORS || t.dims.len() != 1 {
+                    return Err(ConvertError::TensorShape {
+                        name: ROPE_FREQS.into(),
+                        expected: vec![MAX_ROPE_FACTORS.min(t.n_elements)],
+                        found: t.dims.clone(),
+                    });
+                }
+                if !t.ty.can_dequantize() {
+                    return Err(ConvertError::UnsupportedTensorType {
+                        name: ROPE_FREQS.into(),
+                        ty: t.ty,
+                    });
+                }
+                let mut v = vec![0f32; t.n_elements as usize];
+                gguf.dequantize_range(t, 0, &mut v)?;
+                Some(v)
+            }
+        };
+        Self::plan(g, weights, factors.as_deref())
+    }
+
+    fn plan(
+        g: &GgufHeader,
+        weights: FloatType,
+        rope_factors: Option<&[f32]>,
+    ) -> Result<ModelPlan, ConvertError> {
         if !matches!(weights, FloatType::Q40 | FloatType::F32) {
             return Err(ConvertError::UnsupportedWeightType(weights));
         }
-        let arch = get(g, ARCH)
+        let arch_name = get(g, ARCH)
             .ok_or(ConvertError::MissingMetadata(ARCH))?
             .as_str()
             .ok_or(ConvertError::BadMetadata {
                 key: ARCH,
                 reason: "not a string",
             })?;
-        if arch != "llama" {
-            return Err(ConvertError::UnsupportedArchitecture(arch.to_string()));
+        let arch = match arch_name {
+            "llama" => SourceArch::Llama,
+            "qwen3" => SourceArch::Qwen3,
+            "qwen3moe" => SourceArch::Qwen3Moe,
+            other => return Err(ConvertError::UnsupportedArchitecture(other.to_string())),
+        };
+        let dim = required_u32(g, key!(arch, "embedding_length"))?;
+        let n_layers = required_u32(g, key!(arch, "block_count"))?;
+        let n_heads = required_u32(g, key!(arch, "attention.head_count"))?;
+        let n_kv_heads = optional_u32(g, key!(arch, "attention.head_count_kv"))?.unwrap_or(n_heads);
+        let seq_len = required_u32(g, key!(arch, "context_length"))?;
+        let n_experts = match get(g, key!(arch, "expert_count")) {
+            None => 0,
+            Some(v) => v.as_u64().ok_or(ConvertError::BadMetadata {
+                key: key!(arch, "expert_count"),
+                reason: "not an unsigned integer",
+            })?,
+        };
+        // The expert loop of the plan is bounded by the tensors' own sizes, but a count that
+        // no tensor could hold is refused before anything is planned.
+        if n_experts > 1 << 16 {
+            return Err(ConvertError::BadMetadata {
+                key: key!(arch, "expert_count"),
+                reason: "out of range",
+            });
         }
-        let dim = required_u32(g, "llama.embedding_length")?;
-        let hidden_dim = required_u32(g, "llama.feed_forward_length")?;
-        let n_layers = required_u32(g, "llama.block_count")?;
-        let n_heads = required_u32(g, "llama.attention.head_count")?;
-        let n_kv_heads = optional_u32(g, "llama.attention.head_count_kv")?.unwrap_or(n_heads);
-        let seq_len = required_u32(g, "llama.context_length")?;
-        if let Some(n) = get(g, "llama.expert_count").and_then(GgufValue::as_u64)
-            && n > 0
-        {
-            return Err(ConvertError::UnsupportedFeature(format!(
-                "llama mixture of experts ({n} experts)"
-            )));
-        }
-        if let Some(t) = get(g, "llama.rope.scaling.type").and_then(GgufValue::as_str)
+        let n_experts = n_experts as u32;
+        let (hidden_dim, moe) = match arch {
+            SourceArch::Llama | SourceArch::Qwen3 => {
+                if n_experts > 0 {
+                    return Err(ConvertError::UnsupportedFeature(format!(
+                        "{arch_name} mixture of experts ({n_experts} experts): dllama runs \
+                         experts only in the qwen3moe architecture"
+                    )));
+                }
+                (required_u32(g, key!(arch, "feed_forward_length"))?, None)
+            }
+            SourceArch::Qwen3Moe => {
+                if n_experts == 0 {
+                    return Err(ConvertError::MissingMetadata("qwen3moe.expert_count"));
+                }
+                let used = required_u32(g, "qwen3moe.expert_used_count")?;
+                if used > n_experts {
+                    return Err(ConvertError::BadMetadata {
+                        key: "qwen3moe.expert_used_count",
+                        reason: "more than qwen3moe.expert_count",
+                    });
+                }
+                if weights != FloatType::Q40 {
+                    return Err(ConvertError::UnsupportedFeature(format!(
+                        "qwen3moe with {} weights: dllama (and airllama) run mixture-of-experts \
+                         layers only with q40 weights and q80 buffers",
+                        weights.name()
+                    )));
+                }
+                let moe_hidden = required_u32(g, "qwen3moe.expert_feed_forward_length")?;
+                // dllama's converter writes the config's intermediate_size, which its MoE
+                // graph never uses; a GGUF without it gets the expert size.
+                let hidden = optional_u32(g, "qwen3moe.feed_forward_length")?.unwrap_or(moe_hidden);
+                (hidden, Some((used, moe_hidden)))
+            }
+        };
+        if let Some(t) = get(g, key!(arch, "rope.scaling.type")).and_then(GgufValue::as_str)
             && t != "none"
         {
             return Err(ConvertError::UnsupportedFeature(format!(
-                "RoPE scaling {t:?}"
+                "RoPE scaling {t:?} (dllama has only Llama 3.1's, which GGUF stores as \
+                 rope_freqs.weight)"
             )));
         }
-        if g.tensor("rope_freqs.weight").is_some() {
-            return Err(ConvertError::UnsupportedFeature(
-                "per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling): the GGUF \
-                 does not keep the scaling parameters a .m header needs"
-                    .into(),
-            ));
-        }
 
-        let key_length = optional_u32(g, "llama.attention.key_length")?;
-        let value_length = optional_u32(g, "llama.attention.value_length")?;
+        let key_length = optional_u32(g, key!(arch, "attention.key_length"))?;
+        let value_length = optional_u32(g, key!(arch, "attention.value_length"))?;
         if value_length.is_some() && value_length != key_length {
             return Err(ConvertError::UnsupportedFeature(
                 "value head size differs from key head size".into(),
@@ -267,12 +385,12 @@ impl ModelPlan {
         }
         if key_length.is_none() && !dim.is_multiple_of(n_heads) {
             return Err(ConvertError::BadMetadata {
-                key: "llama.attention.head_count",
+                key: key!(arch, "attention.head_count"),
                 reason: "does not divide the embedding length",
             });
         }
         let head_dim = key_length.unwrap_or(dim / n_heads);
-        if let Some(rope_dim) = optional_u32(g, "llama.rope.dimension_count")?
+        if let Some(rope_dim) = optional_u32(g, key!(arch, "rope.dimension_count"))?
             && rope_dim != head_dim
         {
             return Err(ConvertError::UnsupportedFeature(format!(
@@ -280,21 +398,37 @@ impl ModelPlan {
             )));
         }
 
-        let theta = optional_f64(g, "llama.rope.freq_base")?.unwrap_or(10000.0);
+        let theta_key = key!(arch, "rope.freq_base");
+        let theta = optional_f64(g, theta_key)?.unwrap_or(10000.0);
         if !(theta >= 1.0 && theta <= i32::MAX as f64 && (theta - theta.round()).abs() <= 1e-3) {
             return Err(ConvertError::BadMetadata {
-                key: "llama.rope.freq_base",
+                key: theta_key,
                 reason: "not a positive integer (a .m header stores rope theta as an integer)",
             });
         }
-        const EPS: &str = "llama.attention.layer_norm_rms_epsilon";
-        let eps = optional_f64(g, EPS)?.ok_or(ConvertError::MissingMetadata(EPS))?;
+        let rope_scaling = match (g.tensor(ROPE_FREQS), rope_factors) {
+            (None, _) => None,
+            (Some(_), _) if arch != SourceArch::Llama => {
+                return Err(ConvertError::UnsupportedFeature(format!(
+                    "{ROPE_FREQS} in a {arch_name} model (dllama scales only llama RoPE)"
+                )));
+            }
+            (Some(_), None) => {
+                return Err(ConvertError::UnsupportedFeature(format!(
+                    "{ROPE_FREQS} holds the Llama 3.1 RoPE scaling in its data, which \
+                     ModelPlan::from_gguf does not read (use ModelPlan::from_gguf_file)"
+                )));
+            }
+            (Some(_), Some(factors)) => rope::llama3_scaling(factors, theta, head_dim)?,
+        };
+        let eps_key = key!(arch, "attention.layer_norm_rms_epsilon");
+        let eps = optional_f64(g, eps_key)?.ok_or(ConvertError::MissingMetadata(eps_key))?;
         let norm_epsilon = norm_epsilon_code(eps)?;
 
         let embedding = g
             .tensor("token_embd.weight")
             .ok_or_else(|| ConvertError::MissingTensor("token_embd.weight".into()))?;
-        let vocab_size = match optional_u32(g, "llama.vocab_size")? {
+        let vocab_size = match optional_u32(g, key!(arch, "vocab_size"))? {
             Some(v) => v,
             None => embedding
                 .dims
@@ -305,23 +439,26 @@ impl ModelPlan {
         };
         let q_dim = u64::from(head_dim) * u64::from(n_heads);
         let kv_dim = u64::from(head_dim) * u64::from(n_kv_heads);
-        let (dim64, hidden64, vocab64) =
-            (u64::from(dim), u64::from(hidden_dim), u64::from(vocab_size));
+        let ffn64 = u64::from(moe.map_or(hidden_dim, |(_, m)| m));
+        let (dim64, vocab64, head64) = (u64::from(dim), u64::from(vocab_size), u64::from(head_dim));
 
         let mut tensors = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        // `expert`: Some((e, n)) takes expert e of a 3-D tensor of n experts.
         let mut add = |name: &str,
                        label: String,
                        ft: FloatType,
                        rows: u64,
-                       cols: u64|
+                       cols: u64,
+                       expert: Option<(u64, u64)>|
          -> Result<(), ConvertError> {
             let source = g
                 .tensor(name)
                 .ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
-            let expected = if rows == 1 {
-                vec![cols]
-            } else {
-                vec![cols, rows]
+            let expected = match expert {
+                Some((_, n)) => vec![cols, rows, n],
+                None if rows == 1 => vec![cols],
+                None => vec![cols, rows],
             };
             let matches = source.dims == expected || (rows == 1 && source.dims == [cols, 1]);
             if !matches {
@@ -342,8 +479,10 @@ impl ModelPlan {
                     "{name}: rows of {cols} values cannot be cut into 32-value Q40 blocks"
                 )));
             }
+            used.insert(source.name.clone());
             tensors.push(PlannedTensor {
                 source: source.clone(),
+                source_start: expert.map_or(0, |(e, _)| e * rows * cols),
                 label,
                 float_type: ft,
                 rows,
@@ -357,25 +496,71 @@ impl ModelPlan {
             FloatType::F32,
             vocab64,
             dim64,
+            None,
         )?;
         for l in 0..n_layers {
             let b = |s: &str| format!("blk.{l}.{s}.weight");
             let lab = |s: &str| format!("layer {l} {s}");
-            add(&b("attn_q"), lab("q"), weights, q_dim, dim64)?;
-            add(&b("attn_k"), lab("k"), weights, kv_dim, dim64)?;
-            add(&b("attn_v"), lab("v"), weights, kv_dim, dim64)?;
-            add(&b("attn_output"), lab("wo"), weights, dim64, q_dim)?;
-            add(&b("ffn_gate"), lab("w1"), weights, hidden64, dim64)?;
-            add(&b("ffn_down"), lab("w2"), weights, dim64, hidden64)?;
-            add(&b("ffn_up"), lab("w3"), weights, hidden64, dim64)?;
+            add(&b("attn_q"), lab("q"), weights, q_dim, dim64, None)?;
+            add(&b("attn_k"), lab("k"), weights, kv_dim, dim64, None)?;
+            add(&b("attn_v"), lab("v"), weights, kv_dim, dim64, None)?;
+            add(&b("attn_output"), lab("wo"), weights, dim64, q_dim, None)?;
+            if moe.is_some() {
+                let n = u64::from(n_experts);
+                add(
+                    &b("ffn_gate_inp"),
+                    lab("moe gate"),
+                    FloatType::F32,
+                    n,
+                    dim64,
+                    None,
+                )?;
+                for e in 0..n {
+                    let lab = |s: &str| format!("layer {l} expert {e} {s}");
+                    let ex = Some((e, n));
+                    add(&b("ffn_gate_exps"), lab("w1"), weights, ffn64, dim64, ex)?;
+                    add(&b("ffn_down_exps"), lab("w2"), weights, dim64, ffn64, ex)?;
+                    add(&b("ffn_up_exps"), lab("w3"), weights, ffn64, dim64, ex)?;
+                }
+            } else {
+                add(&b("ffn_gate"), lab("w1"), weights, ffn64, dim64, None)?;
+                add(&b("ffn_down"), lab("w2"), weights, dim64, ffn64, None)?;
+                add(&b("ffn_up"), lab("w3"), weights, ffn64, dim64, None)?;
+            }
+            if arch != SourceArch::Llama {
+                add(
+                    &b("attn_q_norm"),
+                    lab("q norm"),
+                    FloatType::F32,
+                    1,
+                    head64,
+                    None,
+                )?;
+                add(
+                    &b("attn_k_norm"),
+                    lab("k norm"),
+                    FloatType::F32,
+                    1,
+                    head64,
+                    None,
+                )?;
+            }
             add(
                 &b("attn_norm"),
                 lab("attention norm"),
                 FloatType::F32,
                 1,
                 dim64,
+                None,
             )?;
-            add(&b("ffn_norm"), lab("ffn norm"), FloatType::F32, 1, dim64)?;
+            add(
+                &b("ffn_norm"),
+                lab("ffn norm"),
+                FloatType::F32,
+                1,
+                dim64,
+                None,
+            )?;
         }
         add(
             "output_norm.weight",
@@ -383,6 +568,7 @@ impl ModelPlan {
             FloatType::F32,
             1,
             dim64,
+            None,
         )?;
         let tied_embeddings = g.tensor("output.weight").is_none();
         let classifier = if tied_embeddings {
@@ -390,10 +576,34 @@ impl ModelPlan {
         } else {
             "output.weight"
         };
-        add(classifier, "classifier".into(), weights, vocab64, dim64)?;
+        add(
+            classifier,
+            "classifier".into(),
+            weights,
+            vocab64,
+            dim64,
+            None,
+        )?;
+        // A tensor with no place in the .m file (biases, shared experts, ...) means the model
+        // computes something dllama's graph does not: refuse rather than drop it.
+        if let Some(extra) = g
+            .tensors
+            .iter()
+            .find(|t| t.name != ROPE_FREQS && !used.contains(&t.name))
+        {
+            return Err(ConvertError::UnsupportedFeature(format!(
+                "tensor {:?} has no place in dllama's {arch_name} layout",
+                extra.name
+            )));
+        }
 
+        let (model_arch, n_active_experts, moe_hidden_dim) = match (arch, moe) {
+            (SourceArch::Qwen3Moe, Some((used, m))) => (ArchType::Qwen3Moe, used, Some(m)),
+            (SourceArch::Qwen3, _) => (ArchType::Qwen3, 0, None),
+            _ => (ArchType::Llama, 0, None),
+        };
         let params = ModelParams {
-            arch: ArchType::Llama,
+            arch: model_arch,
             hidden_act: HiddenAct::Silu,
             dim,
             hidden_dim,
@@ -403,13 +613,13 @@ impl ModelPlan {
             weight_type: weights,
             seq_len,
             vocab_size,
-            n_experts: 0,
-            n_active_experts: 0,
+            n_experts,
+            n_active_experts,
             rope_theta: Some(theta.round() as u32),
-            rope_scaling: None,
+            rope_scaling,
             head_dim: key_length,
             norm_epsilon: Some(norm_epsilon),
-            moe_hidden_dim: None,
+            moe_hidden_dim,
         };
         let header = params.to_header()?;
         Ok(ModelPlan {
@@ -463,12 +673,19 @@ pub fn write_model<W: Write>(
     let mut bytes: Vec<u8> = Vec::with_capacity(CHUNK * 4);
     for t in &plan.tensors {
         progress(written, t);
-        let total = t.source.n_elements;
+        let total = t.rows * t.cols;
+        let block_bytes = t.source.ty.block_layout();
+        let source_range = gguf.header().tensor_range(&t.source, gguf.file_len()).ok();
+        // File bytes of elements `from..to` of the source (block-aligned by construction).
+        let bytes_of = |from: u64, to: u64| -> Option<std::ops::Range<u64>> {
+            let (range, (block, size)) = (source_range.clone()?, block_bytes?);
+            Some(range.start + from / block * size..range.start + to / block * size)
+        };
         let mut start = 0u64;
         while start < total {
             let n = (total - start).min(CHUNK as u64) as usize;
             let chunk = &mut values[..n];
-            gguf.dequantize_range(&t.source, start, chunk)?;
+            gguf.dequantize_range(&t.source, t.source_start + start, chunk)?;
             if chunk.iter().any(|v| !v.is_finite()) {
                 return Err(ConvertError::NonFinite(t.source.name.clone()));
             }
@@ -485,23 +702,17 @@ pub fn write_model<W: Write>(
             written += bytes.len() as u64;
             // Drop the source pages of this chunk already (a big embedding would otherwise stay
             // mapped until its end).
-            if let (Ok(range), Some((block, size))) = (
-                gguf.header().tensor_range(&t.source, gguf.file_len()),
-                t.source.ty.block_layout(),
-            ) {
-                let from = range.start + start / block * size;
-                let to = range.start + (start + n as u64) / block * size;
-                gguf.release(from.saturating_sub(RELEASE_MARGIN)..to);
+            if let Some(r) = bytes_of(t.source_start + start, t.source_start + start + n as u64) {
+                gguf.release(r.start.saturating_sub(RELEASE_MARGIN)..r.end);
             }
             start += n as u64;
         }
-        if let Ok(range) = gguf.header().tensor_range(&t.source, gguf.file_len()) {
+        if let Some(r) = bytes_of(t.source_start, t.source_start + total) {
             // Page faults map neighbouring cached pages too ("fault-around"), and the GGUF's
             // tensor order differs from dllama's, so release a margin around the tensor as well:
             // that catches the spill into neighbours that were already released.
             gguf.release(
-                range.start.saturating_sub(RELEASE_MARGIN)
-                    ..range.end.saturating_add(RELEASE_MARGIN),
+                r.start.saturating_sub(RELEASE_MARGIN)..r.end.saturating_add(RELEASE_MARGIN),
             );
         }
     }
