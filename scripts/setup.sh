@@ -13,6 +13,8 @@ command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
   || need_apt+=(libc6-dev-arm64-cross)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
+# The GGUF tests compare with the PyPI gguf package, installed into a venv (below).
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
 command -v c++ >/dev/null || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -25,3 +27,10 @@ rustup target add x86_64-unknown-none aarch64-unknown-linux-gnu
 rustup component add rustfmt clippy 2>/dev/null || true
 # ~1.5 min to build from crates.io, once per machine.
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# io/tests/gguf_quants.rs and convert_models.rs compare with gguf.quants of the PyPI gguf package
+# (io/tests/pygguf looks for this venv).
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if ! "$repo/.cache/venv/bin/python3" -c 'import gguf, numpy' 2>/dev/null; then
+  python3 -m venv "$repo/.cache/venv"
+  "$repo/.cache/venv/bin/pip" install -q gguf numpy
+fi
