@@ -223,7 +223,7 @@ fn rope_matches_llama_cpp(gguf: &GgufFile, header: &ModelHeader) {
 #[test]
 fn llama31_rope_scaling_is_recovered_and_runs() {
     for (kind, factor) in [("llama31", 8), ("llama32", 32)] {
-        let Some((_, gguf)) = gguf_of(kind) else {
+        let Some((path, gguf)) = gguf_of(kind) else {
             return;
         };
         // The header-only planner cannot read the table and says so.
@@ -258,6 +258,25 @@ fn llama31_rope_scaling_is_recovered_and_runs() {
             assert_eq!(pair(&header, HeaderKey::RopeType), Some(2));
             rope_matches_llama_cpp(&gguf, &header);
             run_inference(&m, &t, weights);
+            // `airllama convert gguf` reads the table too: the same bytes as the library.
+            if weights == FloatType::Q40
+                && let Some(bin) = airllama_binary()
+            {
+                let (m2, t2) = (
+                    temp_path(&format!("{kind}-cli.m")),
+                    temp_path(&format!("{kind}-cli.t")),
+                );
+                let out = Command::new(&bin)
+                    .args(["convert", "gguf"])
+                    .arg(&path)
+                    .arg(&m2)
+                    .arg(&t2)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                assert!(std::fs::read(&m2).unwrap() == std::fs::read(&m).unwrap());
+                assert!(std::fs::read(&t2).unwrap() == std::fs::read(&t).unwrap());
+            }
         }
     }
 }

@@ -83,7 +83,7 @@ fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
     };
     let gguf =
         GgufFile::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let plan = ModelPlan::from_gguf(gguf.header(), weights)
+    let plan = ModelPlan::from_gguf_file(&gguf, weights)
         .with_context(|| format!("{} cannot be converted", a.input.display()))?;
     let tokenizer = tokenizer_from_gguf(gguf.header())
         .with_context(|| format!("converting the tokenizer of {}", a.input.display()))?;
@@ -92,9 +92,10 @@ fn convert_gguf(a: GgufArgs) -> anyhow::Result<ExitCode> {
 
     let c = plan.header.config();
     eprintln!(
-        "{}: llama, dim {}, {} layers, {} heads ({} kv), head dim {}, hidden {}, vocab {}, seq len {}, \
+        "{}: {}, dim {}, {} layers, {} heads ({} kv), head dim {}, hidden {}, vocab {}, seq len {}, \
          rope theta {}, eps {:e}{}",
         a.input.display(),
+        c.arch.name(),
         c.dim,
         c.n_layers,
         c.n_heads,
