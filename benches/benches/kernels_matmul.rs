@@ -6,8 +6,9 @@
 //! (`matmul_order`), so the numbers compare with dllama's own kernels on the same shapes (see
 //! docs/PERFORMANCE.md). `AIRLLAMA_BENCH_ISA=avx2` (etc.) limits the run to one backend.
 use airllama_kernels::backend::{Backend, Isa};
-use airllama_kernels::block::{FloatType, Q40Block, Q80Block};
+use airllama_kernels::block::{FloatType, Q40Block, Q40x8Block, Q80Block};
 use airllama_kernels::matmul::{MatmulOrder, matmul_f32, matmul_order, matmul_q80_q40};
+use airllama_kernels::packed::{matmul_q80_q40x8, pack_q40x8, supports_q40x8};
 use airllama_kernels::quant::quantize_q80;
 use criterion::measurement::WallTime;
 use criterion::{
@@ -80,9 +81,45 @@ fn bench_q80_q40(c: &mut Criterion) {
             let x = q80_input(&mut rng, batch * nb);
             let types = (FloatType::Q40, FloatType::Q80);
             bench_case(&mut group, (d, n, batch), &x, &w, types, matmul_q80_q40);
+            bench_interleaved(&mut group, (d, n, batch), &x, &w);
         }
     }
     group.finish();
+}
+
+/// The same product over the executor's resident layout (eight rows interleaved), on every
+/// backend that has kernels for it: ids `<isa>-x8/...`.
+fn bench_interleaved(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    (d, n, batch): (usize, usize, usize),
+    x: &[Q80Block],
+    w: &[Q40Block],
+) {
+    let nb = n / 32;
+    let mut packed = vec![Q40x8Block::default(); d / 8 * nb];
+    pack_q40x8(w, nb, &mut packed);
+    let mut out = vec![0.0f32; d * batch];
+    group.throughput(Throughput::Elements((d * n * batch) as u64));
+    for backend in backends().into_iter().filter(|b| supports_q40x8(*b)) {
+        let order = matmul_order(backend, batch, n, FloatType::Q40, FloatType::Q80, true).unwrap();
+        let id = BenchmarkId::new(
+            format!("{}-x8/{d}x{n}", backend.isa()),
+            format!("batch{batch}"),
+        );
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                let mut outs: Vec<&mut [f32]> = out.chunks_mut(d).collect();
+                matmul_q80_q40x8(
+                    backend,
+                    order,
+                    &mut outs,
+                    black_box(x),
+                    black_box(&packed),
+                    n,
+                );
+            })
+        });
+    }
 }
 
 /// The signature `matmul_f32` and `matmul_q80_q40` share.

@@ -31,6 +31,23 @@ pub struct Q80Block {
     pub qs: [i8; 32],
 }
 
+/// Eight weight rows' [`Q40Block`]s of one block column, interleaved (the executor's resident
+/// layout for Q40 matmuls, see [`crate::packed`]): the same 144 bytes as eight `Q40Block`s,
+/// arranged so that one 256-bit register holds four code bytes of each of the eight rows and
+/// one 128-bit load holds their eight scales. A SIMD kernel then gets each row's block sum in
+/// its own lane with no horizontal reduction, while every row still sees its blocks in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct Q40x8Block {
+    /// Row `r`'s scale (raw binary16 bits) at `d[r]`.
+    pub d: [[u8; 2]; 8],
+    /// `qs[t][4 * r..4 * r + 4]` is row `r`'s `qs[4 * t..4 * t + 4]`: low nibbles are values
+    /// `4t..4t + 4` of the row's block, high nibbles values `16 + 4t..16 + 4t + 4`.
+    pub qs: [[u8; 32]; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<Q40x8Block>() == 8 * 18);
+const _: () = assert!(core::mem::align_of::<Q40x8Block>() == 1);
 const _: () = assert!(core::mem::size_of::<Q40Block>() == 18);
 const _: () = assert!(core::mem::align_of::<Q40Block>() == 1);
 const _: () = assert!(core::mem::size_of::<Q80Block>() == 34);

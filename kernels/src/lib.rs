@@ -28,6 +28,7 @@ pub mod backend;
 pub mod block;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod parallel;
 pub mod quant;
 pub(crate) mod scalar;

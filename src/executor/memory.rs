@@ -5,7 +5,7 @@
 //! [`Q80Block`], [`Q40Block`]) and SIMD loads see the alignment dllama's `posix_memalign(64)`
 //! gives. Typed views go through `bytemuck`, which checks alignment and length instead of
 //! trusting them.
-use airllama_kernels::block::{BLOCK_SIZE, Q40Block, Q80Block};
+use airllama_kernels::block::{BLOCK_SIZE, Q40Block, Q40x8Block, Q80Block};
 use bytemuck::{Pod, Zeroable};
 
 use super::ExecutorError;
@@ -117,6 +117,11 @@ impl Element for Q80Block {
 impl Element for Q40Block {
     const NAME: &'static str = "Q40 blocks";
     const VALUES: usize = BLOCK_SIZE;
+}
+
+impl Element for Q40x8Block {
+    const NAME: &'static str = "interleaved Q40 blocks";
+    const VALUES: usize = 8 * BLOCK_SIZE;
 }
 
 /// `bytes` as a slice of `T` (whole elements only; a trailing partial element is an error).

@@ -25,13 +25,14 @@ mod plan;
 use std::sync::Mutex;
 
 use airllama_kernels::backend::Backend;
-use airllama_kernels::block::FloatType;
+use airllama_kernels::block::{BLOCK_SIZE, FloatType, Q40Block};
 use airllama_kernels::ops::{RopeScaling, fill_rope_cache};
+use airllama_kernels::packed::{ROWS_PER_GROUP, pack_q40x8, supports_q40x8, unpack_q40x8};
 use airllama_kernels::parallel::{MAX_THREADS, ThreadPool};
 use airllama_net::{NetConfig, NodeConfig, SyncPlan, SyncStep, WeightTarget};
 
 use memory::{Slab, view_mut};
-use plan::{Binder, OpPlan, SlotInfo};
+use plan::{Binder, Kernel, OpPlan, SlotInfo};
 
 /// Why an executor could not be built or a forward failed.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +212,10 @@ pub struct Executor {
     forwards: u64,
     /// `streamed[op]`: the op's weight comes from a [`WeightFeed`], not from `weights`.
     streamed: Vec<bool>,
+    /// `interleave[op]`: the op's Q40 weight is kept eight rows interleaved
+    /// ([`airllama_kernels::packed`]) once loaded; `interleaved[op]`: it is now.
+    interleave: Vec<bool>,
+    interleaved: Vec<bool>,
 }
 
 /// Sees every op's output after it ran: `(forward index, op name, layer, output rows)`, the
@@ -373,8 +378,14 @@ impl Executor {
             scratch,
             observer: None,
             forwards: 0,
+            interleave: Vec::new(),
+            interleaved: Vec::new(),
             streamed,
         };
+        executor.interleave = (0..executor.ops.len())
+            .map(|i| executor.interleavable(i).is_some())
+            .collect();
+        executor.interleaved = vec![false; executor.ops.len()];
         executor.fill_rope_caches()?;
         Ok(executor)
     }
@@ -435,6 +446,10 @@ impl Executor {
             .and_then(|s| s.get(target.op as usize))
             .copied()
             .ok_or_else(|| ExecutorError::BadConfig("weight record names no op".into()))?;
+        if self.interleaved[op] {
+            // A record written over a live weight (a reload) arrives in the row layout.
+            self.set_interleaved(op, false);
+        }
         let weight = &mut self.weights[op];
         let len = weight.len();
         let end = target.offset.checked_add(target.n_bytes);
@@ -494,6 +509,11 @@ impl Executor {
             }
         }
         let batch = batch as usize;
+        for i in 0..self.ops.len() {
+            if self.interleave[i] && !self.interleaved[i] {
+                self.set_interleaved(i, true);
+            }
+        }
         for step in 0..self.steps.len() {
             match self.steps[step] {
                 Step::Op(i) => {
@@ -527,6 +547,7 @@ impl Executor {
                         pool: &mut self.pool,
                         slots: &mut self.slots,
                         weight,
+                        interleaved: self.interleaved[i],
                         scratch: &self.scratch,
                         batch,
                     };
@@ -566,6 +587,88 @@ impl Executor {
         }
         self.forwards += 1;
         Ok(())
+    }
+}
+
+impl Executor {
+    /// How many ops' weights are kept interleaved (after the first forward) and their bytes:
+    /// for logs and tests.
+    pub fn interleaved_weights(&self) -> (usize, u64) {
+        self.interleave
+            .iter()
+            .zip(&self.weights)
+            .filter(|(on, _)| **on)
+            .fold((0, 0), |(n, b), (_, w)| (n + 1, b + w.len() as u64))
+    }
+
+    /// Keeps every weight in dllama's row layout from now on (the bits of every result are the
+    /// same either way; this is for measuring what the interleaved layout gains).
+    pub fn keep_row_layout(&mut self) {
+        for i in 0..self.ops.len() {
+            if self.interleaved[i] {
+                self.set_interleaved(i, false);
+            }
+            self.interleave[i] = false;
+        }
+    }
+
+    /// `(rows, blocks per row)` of op `i`'s weight when it can be kept interleaved: a resident
+    /// Q40 matmul weight without experts whose rows (this node's output columns) come in whole
+    /// groups of 8, on a backend with kernels for the layout. `AIRLLAMA_Q40_LAYOUT=rows` keeps
+    /// every weight in dllama's row layout (for A/B measurements; the bits are the same).
+    fn interleavable(&self, i: usize) -> Option<(usize, usize)> {
+        static ROWS_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let rows_only = *ROWS_ONLY
+            .get_or_init(|| std::env::var("AIRLLAMA_Q40_LAYOUT").is_ok_and(|v| v.trim() == "rows"));
+        let op = &self.ops[i];
+        match op.kernel {
+            Kernel::MatmulQ40 {
+                n,
+                d,
+                experts: None,
+            } if !rows_only
+                && self.interleave.get(i).is_none_or(|on| *on)
+                && !self.streamed[i]
+                && supports_q40x8(self.backend)
+                && d > 0
+                && d.is_multiple_of(ROWS_PER_GROUP)
+                && op.output.len == d
+                && n > 0
+                && n.is_multiple_of(BLOCK_SIZE)
+                && self.weights[i].len() == d * (n / BLOCK_SIZE) * size_of::<Q40Block>() =>
+            {
+                Some((d, n / BLOCK_SIZE))
+            }
+            _ => None,
+        }
+    }
+
+    /// Rewrites op `i`'s weight in place into (`interleave`) or out of the interleaved layout,
+    /// one group of eight rows at a time through a copy of the group.
+    fn set_interleaved(&mut self, i: usize, interleave: bool) {
+        let Some((d, nb)) = self.interleavable(i) else {
+            return;
+        };
+        let group_bytes = ROWS_PER_GROUP * nb * size_of::<Q40Block>();
+        let bytes = &mut self.weights[i].bytes_mut()[..d * nb * size_of::<Q40Block>()];
+        let mut copy = vec![0u8; group_bytes];
+        for group in bytes.chunks_exact_mut(group_bytes) {
+            copy.copy_from_slice(group);
+            if interleave {
+                pack_q40x8(
+                    bytemuck::cast_slice(&copy),
+                    nb,
+                    bytemuck::cast_slice_mut(group),
+                );
+            } else {
+                unpack_q40x8(
+                    bytemuck::cast_slice(&copy),
+                    nb,
+                    bytemuck::cast_slice_mut(group),
+                );
+            }
+        }
+        self.interleaved[i] = interleave;
     }
 }
 

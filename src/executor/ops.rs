@@ -9,9 +9,10 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use airllama_kernels::backend::Backend;
-use airllama_kernels::block::{BLOCK_SIZE, FloatType, Q40Block, Q80Block};
+use airllama_kernels::block::{BLOCK_SIZE, FloatType, Q40Block, Q40x8Block, Q80Block};
 use airllama_kernels::matmul::{MatmulOrder, matmul_f32, matmul_order, matmul_q80_q40};
 use airllama_kernels::ops;
+use airllama_kernels::packed::{ROWS_PER_GROUP, matmul_q80_q40x8};
 use airllama_kernels::parallel::{Part, Split, SplitMut, ThreadPool};
 use airllama_kernels::quant::{dequantize_q80, quantize_q80};
 
@@ -25,6 +26,8 @@ pub(crate) struct Ctx<'a> {
     pub pool: &'a mut ThreadPool,
     pub slots: &'a mut [Slab],
     pub weight: &'a [u8],
+    /// A Q40 matmul's weight is in the interleaved layout ([`airllama_kernels::packed`]).
+    pub interleaved: bool,
     pub scratch: &'a [Mutex<Vec<f32>>],
     pub batch: usize,
 }
@@ -448,6 +451,8 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
         } => {
             let weights = if matches!(op.kernel, Kernel::MatmulF32 { .. }) {
                 MatWeights::F32(view::<f32>(ctx.weight)?)
+            } else if ctx.interleaved {
+                MatWeights::Q40x8(view::<Q40x8Block>(ctx.weight)?)
             } else {
                 MatWeights::Q40(view::<Q40Block>(ctx.weight)?)
             };
@@ -747,6 +752,7 @@ pub(crate) fn forward(op: &OpPlan, ctx: Ctx<'_>) -> Result<(), ExecutorError> {
 enum MatInput<'a> {
     F32(&'a [f32], &'a [f32]),
     Q80(&'a [Q80Block], &'a [Q40Block]),
+    Q80x8(&'a [Q80Block], &'a [Q40x8Block]),
 }
 
 /// The weight of a MATMUL, typed.
@@ -754,6 +760,8 @@ enum MatInput<'a> {
 enum MatWeights<'a> {
     F32(&'a [f32]),
     Q40(&'a [Q40Block]),
+    /// Eight rows interleaved: rows are split between threads in whole groups.
+    Q40x8(&'a [Q40x8Block]),
 }
 
 /// MATMUL (`matmulForward_*`): tinyBLAS order for contiguous multi-item batches where dllama's
@@ -778,12 +786,17 @@ fn matmul(
     let threads = pool.n_threads();
     let (weight_type, input_type) = match weights {
         MatWeights::F32(_) => (FloatType::F32, FloatType::F32),
-        MatWeights::Q40(_) => (FloatType::Q40, FloatType::Q80),
+        MatWeights::Q40(_) | MatWeights::Q40x8(_) => (FloatType::Q40, FloatType::Q80),
     };
     // Items (values or blocks) per weight row and per expert plane.
     let per_row = match weights {
         MatWeights::F32(_) => n_in,
-        MatWeights::Q40(_) => n_in / BLOCK_SIZE,
+        MatWeights::Q40(_) | MatWeights::Q40x8(_) => n_in / BLOCK_SIZE,
+    };
+    let unit = match weights {
+        MatWeights::Q40x8(_) if experts.is_none() => ROWS_PER_GROUP,
+        MatWeights::Q40x8(_) => return Err(failed(op, "interleaved weights with experts")),
+        _ => 1,
     };
     let plane = per_row * d;
     let contiguous = i.contiguous && o.contiguous && i.z == 1;
@@ -803,13 +816,14 @@ fn matmul(
     let s = split(
         op,
         view_mut::<f32>(out.bytes_mut())?,
-        columns(&o, rows, 1),
+        columns(&o, rows, unit),
         threads,
     )?;
     // The input typed once, before the job: a slot that cannot be viewed fails the op.
     let input = match weights {
         MatWeights::F32(w) => MatInput::F32(view::<f32>(inp.bytes())?, w),
         MatWeights::Q40(w) => MatInput::Q80(view::<Q80Block>(inp.bytes())?, w),
+        MatWeights::Q40x8(w) => MatInput::Q80x8(view::<Q80Block>(inp.bytes())?, w),
     };
     let call = |outs: &mut [&mut [f32]],
                 x_start: usize,
@@ -831,6 +845,15 @@ fn matmul(
             outs,
             &x[x_start..x_start + x_len],
             &w[w_start..w_start + w_len],
+            n_in,
+        ),
+        // Whole groups: `w_start` and `w_len` count row blocks, eight to an interleaved block.
+        MatInput::Q80x8(x, w) => matmul_q80_q40x8(
+            backend,
+            ord,
+            outs,
+            &x[x_start..x_start + x_len],
+            &w[w_start / ROWS_PER_GROUP..(w_start + w_len) / ROWS_PER_GROUP],
             n_in,
         ),
     };

@@ -109,11 +109,11 @@ pub(crate) fn scale(d: [u8; 2]) -> f32 {
 
 /// Blocks per pass over a row tile: the unpacked codes (2 × 4 × 32 × 32 bytes), the scales and
 /// their products stay in L1 while every batch item of a group passes over them.
-const CHUNK: usize = 32;
+pub(crate) const CHUNK: usize = 32;
 
 /// Batch items whose accumulators stay on the stack across chunks (a multiple of every tile
 /// width used here).
-const GROUP: usize = 32;
+pub(crate) const GROUP: usize = 32;
 
 /// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order, shared by the AVX2 and AVX-512
 /// instantiations (the latter only gets more registers).
@@ -126,12 +126,15 @@ const GROUP: usize = 32;
 /// (each one rounded f32 product, as dllama's scalar `unhalf(a) * unhalf(b)`) are computed
 /// 8 at a time and broadcast from memory; the accumulators are parked on the stack between
 /// chunks (a store and a reload do not change a bit).
+///
+/// `$fetch(row, block)` returns one weight block by row and block column, so the same body
+/// runs over the row layout and over the interleaved one ([`super::packed`]).
 macro_rules! q40_matmul_body {
-    ($outs:expr, $xs:expr, $w:expr, $nb:expr, $rm:expr, $rn:expr, $updot:expr) => {{
+    ($outs:expr, $xs:expr, $fetch:expr, $nb:expr, $rm:expr, $rn:expr, $updot:expr) => {{
         const RM: usize = $rm;
         const RN: usize = $rn;
-        let (outs, xs, w, nb): (&mut [&mut [f32]], &[Q80Block], &[Q40Block], usize) =
-            ($outs, $xs, $w, $nb);
+        let (outs, xs, nb): (&mut [&mut [f32]], &[Q80Block], usize) = ($outs, $xs, $nb);
+        let fetch = $fetch;
         let rows = outs.first().map_or(0, |o| o.len());
         let items = outs.len();
         let eight = _mm256_set1_epi8(8);
@@ -147,8 +150,7 @@ macro_rules! q40_matmul_body {
         let mut r0 = 0;
         while r0 < rows && items > 0 {
             // Rows past the end repeat the last row; their results are never written.
-            let row: [*const Q40Block; RM] =
-                core::array::from_fn(|i| w[(r0 + i).min(rows - 1) * nb..].as_ptr());
+            let row: [usize; RM] = core::array::from_fn(|i| (r0 + i).min(rows - 1));
             let mut g0 = 0;
             while g0 < items {
                 let group = (items - g0).min(GROUP);
@@ -158,9 +160,8 @@ macro_rules! q40_matmul_body {
                     let cn = (nb - c0).min(CHUNK);
                     for l in 0..cn {
                         for i in 0..RM {
-                            // SAFETY: every row pointer starts `nb` blocks and c0 + l < nb.
-                            let wb = unsafe { &*row[i].add(c0 + l) };
-                            let q = _mm256_sub_epi8(q40_codes(wb), eight);
+                            let wb: Q40Block = fetch(row[i], c0 + l);
+                            let q = _mm256_sub_epi8(q40_codes(&wb), eight);
                             wq[l][i] = q;
                             wu[l][i] = _mm256_sign_epi8(q, q);
                             wd[i][l] = scale(wb.d);
@@ -250,6 +251,7 @@ macro_rules! q40_matmul_body {
         }
     }};
 }
+pub(crate) use q40_matmul_body;
 
 /// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds), AVX2 registers
 /// (4 rows × 2 items per pass).
@@ -265,10 +267,15 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
     nb: usize,
 ) {
     let ones = _mm256_set1_epi16(1);
-    q40_matmul_body!(outs, xs, w, nb, 4, 2, |u, s| _mm256_madd_epi16(
-        ones,
-        _mm256_maddubs_epi16(u, s)
-    ))
+    q40_matmul_body!(
+        outs,
+        xs,
+        |r: usize, j: usize| w[r * nb + j],
+        nb,
+        4,
+        2,
+        |u, s| _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
+    )
 }
 
 /// As [`matmul_q80_q40_avx2`] (same bits), with AVX-512VL's 32 registers for 4 × 4 passes.
@@ -284,10 +291,15 @@ pub(crate) unsafe fn matmul_q80_q40_avx512(
     nb: usize,
 ) {
     let ones = _mm256_set1_epi16(1);
-    q40_matmul_body!(outs, xs, w, nb, 4, 4, |u, s| _mm256_madd_epi16(
-        ones,
-        _mm256_maddubs_epi16(u, s)
-    ))
+    q40_matmul_body!(
+        outs,
+        xs,
+        |r: usize, j: usize| w[r * nb + j],
+        nb,
+        4,
+        4,
+        |u, s| _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
+    )
 }
 
 /// As [`matmul_q80_q40_avx512`] with `vpdpbusd` (AVX-512 VNNI) for the 4-value dots, as
@@ -304,11 +316,15 @@ pub(crate) unsafe fn matmul_q80_q40_vnni(
     w: &[Q40Block],
     nb: usize,
 ) {
-    q40_matmul_body!(outs, xs, w, nb, 4, 4, |u, s| _mm256_dpbusd_epi32(
-        _mm256_setzero_si256(),
-        u,
-        s
-    ))
+    q40_matmul_body!(
+        outs,
+        xs,
+        |r: usize, j: usize| w[r * nb + j],
+        nb,
+        4,
+        4,
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    )
 }
 
 /// Whether the CPU has AVX-512 VNNI (checked once by `std`'s cached detection, or at compile

@@ -1,0 +1,123 @@
+//! AVX2 matmuls over eight interleaved Q40 rows ([`crate::packed`]), bit-identical to the row
+//! layout's kernels in [`super::matmul`] (row order) and [`super::tinyblas`] (tinyBLAS order).
+use core::arch::x86_64::*;
+
+use super::matmul::{hsum8, q40_codes, q80_codes};
+use super::tinyblas::{CHUNK, GROUP, q40_matmul_body, scale};
+use crate::block::{Q40Block, Q40x8Block, Q80Block};
+use crate::packed::{ROWS_PER_GROUP, row_block};
+use crate::quant::f16_to_f32;
+
+/// Input blocks whose scale and bias are prepared at once (on the stack): rows longer than
+/// this are walked in chunks, each group's eight sums parked in its output between chunks (a
+/// store and a reload of an `f32` change no bit).
+const INPUT_CHUNK: usize = 256;
+
+/// Row order (dllama's `matmul_Q80_Q40_F32` AVX2 branch, as [`super::matmul::matmul_q80_q40_avx2`]):
+/// per block, lane `r` gets row `r`'s exact integer dot `Σ (code - 8) · x` and
+/// `sum = fma(float(dot), d_w · d_x, sum)`.
+///
+/// The dot is `Σ code · x` from `vpmaddubsw` (unsigned codes 0..15 × signed inputs; eight
+/// products summed per 16-bit lane stay within ±30 720, no saturation), minus the input's
+/// `8 · Σ x`, which depends only on the input block and is computed once per chunk.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. `outs` rows are a multiple of 8 long and all equal,
+/// `xs` holds `outs.len() * nb` blocks, `w` holds `rows / 8 * nb` blocks, `nb > 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40x8_row(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40x8Block],
+    nb: usize,
+) {
+    let groups = outs.first().map_or(0, |o| o.len()) / ROWS_PER_GROUP;
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let eights = _mm256_set1_epi8(8);
+    let mut bias = [0i32; INPUT_CHUNK];
+    let mut x_scale = [0.0f32; INPUT_CHUNK];
+    for (b, out) in outs.iter_mut().enumerate() {
+        let x = &xs[b * nb..(b + 1) * nb];
+        let mut c0 = 0;
+        while c0 < nb {
+            let cn = (nb - c0).min(INPUT_CHUNK);
+            for (l, xb) in x[c0..c0 + cn].iter().enumerate() {
+                // 8 · Σ x, exact (pairs of 8 · x stay within ±2048).
+                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, q80_codes(xb)), ones);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                let s = _mm_hadd_epi32(s, s);
+                bias[l] = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
+                x_scale[l] = f16_to_f32(u16::from_le_bytes(xb.d));
+            }
+            for g in 0..groups {
+                let dst = &mut out[g * ROWS_PER_GROUP..(g + 1) * ROWS_PER_GROUP];
+                let mut sum = if c0 == 0 {
+                    _mm256_setzero_ps()
+                } else {
+                    // SAFETY: `dst` is 8 floats.
+                    unsafe { _mm256_loadu_ps(dst.as_ptr()) }
+                };
+                let wg = &w[g * nb + c0..g * nb + c0 + cn];
+                for (l, (wb, xb)) in wg.iter().zip(&x[c0..c0 + cn]).enumerate() {
+                    let mut pairs = _mm256_setzero_si256();
+                    for t in 0..4 {
+                        // SAFETY: `qs[t]` is 32 bytes, one unaligned 256-bit load.
+                        let codes = unsafe { _mm256_loadu_si256(wb.qs[t].as_ptr().cast()) };
+                        let lo = _mm256_and_si256(codes, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
+                        let quad = xb.qs.as_ptr().cast::<i32>();
+                        // SAFETY: `qs` is 32 bytes: quads t and 4 + t (t < 4) are inside it.
+                        let (x_lo, x_hi) = unsafe {
+                            (
+                                quad.add(t).read_unaligned(),
+                                quad.add(4 + t).read_unaligned(),
+                            )
+                        };
+                        pairs = _mm256_add_epi16(
+                            pairs,
+                            _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x_lo)),
+                        );
+                        pairs = _mm256_add_epi16(
+                            pairs,
+                            _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x_hi)),
+                        );
+                    }
+                    let dot = _mm256_sub_epi32(
+                        _mm256_madd_epi16(pairs, ones),
+                        _mm256_set1_epi32(bias[l]),
+                    );
+                    // SAFETY: `d` is 16 bytes, one unaligned 128-bit load.
+                    let w_scale = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(wb.d.as_ptr().cast()) });
+                    let s = _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale[l]));
+                    sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, sum);
+                }
+                // SAFETY: `dst` is 8 floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), sum) };
+            }
+            c0 += cn;
+        }
+    }
+}
+
+/// tinyBLAS order (`tinyBLAS_Q0_AVX2`, as [`super::tinyblas::matmul_q80_q40_avx2`]) over the
+/// interleaved layout: the same body, fed row by row from the groups.
+///
+/// # Safety
+/// As [`matmul_q80_q40x8_row`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40x8_tinyblas(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40x8Block],
+    nb: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let fetch = |r: usize, j: usize| -> Q40Block {
+        row_block(&w[r / ROWS_PER_GROUP * nb + j], r % ROWS_PER_GROUP)
+    };
+    q40_matmul_body!(outs, xs, fetch, nb, 4, 2, |u, s| _mm256_madd_epi16(
+        ones,
+        _mm256_maddubs_epi16(u, s)
+    ))
+}
