@@ -31,7 +31,7 @@ use airllama_kernels::packed::{ROWS_PER_GROUP, pack_q40x8, supports_q40x8, unpac
 use airllama_kernels::parallel::{MAX_THREADS, ThreadPool};
 use airllama_net::{NetConfig, NodeConfig, SyncPlan, SyncStep, WeightTarget};
 
-use memory::{Slab, view_mut};
+use memory::{Pages, Slab, view_mut};
 use plan::{Binder, Kernel, OpPlan, SlotInfo};
 
 /// Why an executor could not be built or a forward failed.
@@ -344,7 +344,11 @@ impl Executor {
         }
         let mut slots = Vec::with_capacity(infos.len());
         for info in &infos {
-            slots.push(Slab::zeroed(info.size.n_bytes(), &info.name)?);
+            slots.push(Slab::zeroed(
+                info.size.n_bytes(),
+                &info.name,
+                Pages::Sparse,
+            )?);
         }
         let streamed: Vec<bool> = (0..ops.len())
             .map(|i| streamed.get(i).copied().unwrap_or(false))
@@ -356,7 +360,7 @@ impl Executor {
             } else {
                 op.weight_size.n_bytes()
             };
-            weights.push(Slab::zeroed(bytes, &op.name)?);
+            weights.push(Slab::zeroed(bytes, &op.name, Pages::Dense)?);
         }
         let pool = ThreadPool::new(options.n_threads)
             .map_err(|_| ExecutorError::Threads(options.n_threads))?;
@@ -489,7 +493,22 @@ impl Executor {
         position: u32,
         batch: u32,
         sync: &mut dyn Synchronizer,
+        feed: Option<&mut dyn WeightFeed>,
+    ) -> Result<(), ExecutorError> {
+        self.forward_skipping(position, batch, sync, feed, &|_| false)
+    }
+
+    /// As [`Executor::forward_with`], without running the resident ops whose name `skip`
+    /// accepts: for a root that knows nobody reads their outputs this time (a one-node
+    /// root's prompt forwards never read the logits). Streamed ops always run, so the weight
+    /// feed sees every op in order.
+    pub fn forward_skipping(
+        &mut self,
+        position: u32,
+        batch: u32,
+        sync: &mut dyn Synchronizer,
         mut feed: Option<&mut dyn WeightFeed>,
+        skip: &dyn Fn(&str) -> bool,
     ) -> Result<(), ExecutorError> {
         let bad = |what| ExecutorError::BadForward {
             position,
@@ -516,6 +535,7 @@ impl Executor {
         }
         for step in 0..self.steps.len() {
             match self.steps[step] {
+                Step::Op(i) if !self.streamed[i] && skip(&self.ops[i].name) => {}
                 Step::Op(i) => {
                     let weight: &[u8] = if self.streamed[i] {
                         let op = &self.ops[i];
