@@ -35,6 +35,13 @@ pub const OLD_TOKENIZER_MAGIC: u32 = 0x0056_7123;
 pub const EXTENSION_MAGIC: [u8; 8] = *b"AIRLLTOK";
 /// Version of the [`AirllamaExtension`] blob layout this code reads and writes.
 pub const EXTENSION_VERSION: u32 = 1;
+/// First bytes of the GGUF id map, a `CHAT_STOP` region of its own (see
+/// [`TokenizerFile::source_ids`]). It is not part of the extension blob so that readers that
+/// know only version 1 of the extension keep reading new files (they keep it as an opaque
+/// region).
+pub const ID_MAP_MAGIC: [u8; 8] = *b"AIRLLIDS";
+/// Version of the id map layout.
+pub const ID_MAP_VERSION: u32 = 1;
 
 /// Most header pairs accepted (dllama writes 6 or 7).
 pub const MAX_HEADER_PAIRS: usize = 1024;
@@ -547,6 +554,64 @@ impl TokenizerFile {
         }
     }
 
+    /// The GGUF id of every token, `v[id]`, when the converter renumbered tokens so that
+    /// dllama's regular/special split holds (`docs/CONVERT.md`); `None` when the file records
+    /// no renumbering (nothing moved, or an earlier converter or another tool wrote it).
+    ///
+    /// The map is a `CHAT_STOP` region starting with [`ID_MAP_MAGIC`]: `u32` version, `u32`
+    /// count, then count × (`u32` id in this file, `u32` GGUF id) for the tokens that moved.
+    pub fn source_ids(&self) -> Result<Option<Vec<u32>>, TokenizerFileError> {
+        let Some(region) = self
+            .chat_stops
+            .iter()
+            .find(|r| r.starts_with(&ID_MAP_MAGIC))
+        else {
+            return Ok(None);
+        };
+        let bad = TokenizerFileError::BadExtension;
+        let n = self.vocab.len();
+        let mut r = Reader::new(&region[ID_MAP_MAGIC.len()..]);
+        let map = |_| bad("truncated id map");
+        if r.u32("id map version").map_err(map)? != ID_MAP_VERSION {
+            return Err(bad("unsupported id map version"));
+        }
+        let count = r.u32("id map count").map_err(map)? as usize;
+        if count > n || count * 8 != r.rest().len() {
+            return Err(bad("id map count differs from its length"));
+        }
+        let mut source: Vec<u32> = (0..n as u32).collect();
+        let mut moved = vec![false; n];
+        for _ in 0..count {
+            let file_id = r.u32("id map entry").map_err(map)? as usize;
+            let gguf_id = r.u32("id map entry").map_err(map)?;
+            if file_id >= n || gguf_id as usize >= n || moved[file_id] {
+                return Err(bad("id map entry out of range or repeated"));
+            }
+            moved[file_id] = true;
+            source[file_id] = gguf_id;
+        }
+        let mut used = vec![false; n];
+        for &g in &source {
+            if std::mem::replace(&mut used[g as usize], true) {
+                return Err(bad("id map is not a permutation"));
+            }
+        }
+        Ok(Some(source))
+    }
+
+    /// The `CHAT_STOP` region [`TokenizerFile::source_ids`] reads, for the tokens in `moved`
+    /// as (id in the file, GGUF id) pairs.
+    pub fn id_map_region(moved: &[(u32, u32)]) -> Vec<u8> {
+        let mut out = ID_MAP_MAGIC.to_vec();
+        out.extend_from_slice(&ID_MAP_VERSION.to_le_bytes());
+        out.extend_from_slice(&(moved.len() as u32).to_le_bytes());
+        for &(file_id, gguf_id) in moved {
+            out.extend_from_slice(&file_id.to_le_bytes());
+            out.extend_from_slice(&gguf_id.to_le_bytes());
+        }
+        out
+    }
+
     /// Checks what the writer (and dllama's loader) needs; the parser guarantees the same.
     fn validate(&self) -> Result<(), TokenizerFileError> {
         let n = self.vocab.len();
@@ -726,6 +791,37 @@ mod tests {
         let file = sample();
         let bytes = file.to_bytes().unwrap();
         assert_eq!(TokenizerFile::parse(&bytes).unwrap(), file);
+    }
+
+    #[test]
+    fn id_map_reads_back_and_malformed_maps_are_errors() {
+        let mut file = sample();
+        assert_eq!(file.source_ids().unwrap(), None);
+        let n = file.vocab.len() as u32;
+        file.chat_stops = vec![TokenizerFile::id_map_region(&[(0, n - 1), (n - 1, 0)])];
+        let again = TokenizerFile::parse(&file.to_bytes().unwrap()).unwrap();
+        let mut want: Vec<u32> = (0..n).collect();
+        want.swap(0, n as usize - 1);
+        assert_eq!(again.source_ids().unwrap(), Some(want));
+        let bad_maps: [Vec<u8>; 5] = [
+            TokenizerFile::id_map_region(&[(0, n)]),
+            TokenizerFile::id_map_region(&[(0, 1)]),
+            TokenizerFile::id_map_region(&[(0, 1), (0, 2)]),
+            TokenizerFile::id_map_region(&[(0, 1), (1, 0)])[..20].to_vec(),
+            {
+                let mut v = TokenizerFile::id_map_region(&[]);
+                v[8] = 2;
+                v
+            },
+        ];
+        for region in bad_maps {
+            file.chat_stops = vec![region];
+            let parsed = TokenizerFile::parse(&file.to_bytes().unwrap()).unwrap();
+            assert!(matches!(
+                parsed.source_ids(),
+                Err(TokenizerFileError::BadExtension(_))
+            ));
+        }
     }
 
     #[test]

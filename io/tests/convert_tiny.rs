@@ -2,7 +2,9 @@
 mod gguf_common;
 
 use airllama_io::convert::q40::quantize_q40_into;
-use airllama_io::convert::{ConvertError, ModelPlan, tokenizer_from_gguf, write_model};
+use airllama_io::convert::{
+    ConvertError, ModelPlan, VocabOrder, tokenizer_from_gguf, write_model, write_model_report,
+};
 use airllama_io::gguf::{GgufFile, GgufHeader};
 use airllama_io::layout::{ModelLayout, TensorRole};
 use airllama_io::model::{ArchType, ModelHeader, NormEpsilon};
@@ -68,8 +70,21 @@ fn source_name(role: TensorRole, layer: u32, tied: bool) -> String {
     }
 }
 
+/// `values` (rows of `cols`) with row `r` taken from source row `order.source_id(r)`: the
+/// embedding and classifier follow the tokenizer's relabeling.
+fn reorder_rows(values: &[f32], cols: usize, order: &VocabOrder) -> Vec<f32> {
+    let rows = values.len() / cols;
+    (0..rows as u32)
+        .flat_map(|r| {
+            let s = order.source_id(r) as usize;
+            values[s * cols..(s + 1) * cols].iter().copied()
+        })
+        .collect()
+}
+
 /// Checks the header, that the layout covers the file exactly, and every tensor's bytes.
 fn check_model(gguf: &GgufFile, bytes: &[u8], weights: FloatType, tied: bool) {
+    let order = VocabOrder::from_gguf(gguf.header()).unwrap();
     let header = ModelHeader::parse(bytes).unwrap();
     let c = *header.config();
     assert_eq!(c.arch, ArchType::Llama);
@@ -85,7 +100,10 @@ fn check_model(gguf: &GgufFile, bytes: &[u8], weights: FloatType, tied: bool) {
         assert_eq!(entry.offset, expected_offset);
         expected_offset += entry.size;
         let name = source_name(entry.role, entry.layer, tied);
-        let values = dequantized(gguf, &name);
+        let mut values = dequantized(gguf, &name);
+        if matches!(entry.role, TensorRole::Embedding | TensorRole::Classifier) {
+            values = reorder_rows(&values, c.dim as usize, &order);
+        }
         let want = match entry.float_type {
             FloatType::F32 => f32_bytes(&values),
             FloatType::Q40 => q40_bytes(&values),
@@ -278,22 +296,32 @@ fn tokenizer_from_gpt2_vocabulary() {
     }
     assert!(seen.iter().all(|&s| s));
     assert_eq!(t.vocab[259].bytes, b" t");
-    assert_eq!(t.vocab[261].bytes, b" the");
-    assert_eq!(t.vocab[262].bytes, "é".as_bytes());
-    assert_eq!(t.vocab[1].bytes, b"<|im_start|>");
-    // No scores in the GGUF: -id, as dllama's converter.
-    assert_eq!(t.vocab[261].score, -261.0);
-    assert_eq!(t.eos_ids, [2]);
+    // Specials come first in the GGUF (ids 0..=2, bos 1): they move to the end, bos first, and
+    // the last three ordinary tokens take their ids, so dllama's split at BOS_ID holds.
+    assert_eq!(t.vocab[0].bytes, b"he");
+    assert_eq!(t.vocab[1].bytes, b" the");
+    assert_eq!(t.vocab[2].bytes, "é".as_bytes());
+    assert_eq!(t.vocab[260].bytes, b"<|im_start|>");
+    assert_eq!(t.vocab[261].bytes, b"<|endoftext|>");
+    assert_eq!(t.vocab[262].bytes, b"<|im_end|>");
+    // No scores in the GGUF: -(GGUF id), as dllama's converter; the score moves with the token.
+    assert_eq!(t.vocab[1].score, -261.0);
+    assert_eq!(t.vocab[259].score, -259.0);
+    assert_eq!(t.eos_ids, [262]);
     assert!(t.chat_template.as_deref().unwrap().starts_with(b"{% for m"));
-    // Specials come first, so dllama's BOS_ID holds its split point (the last id) and add-bos
-    // is off; the extension keeps the truth.
-    assert_eq!(t.bos_id, 262);
-    assert!(!t.add_bos);
-    assert_eq!(t.true_bos_id(), Some(1));
+    assert_eq!((t.bos_id, t.add_bos), (260, false));
+    assert_eq!(t.true_bos_id(), Some(260));
     let ext = t.extension.as_ref().unwrap();
     assert_eq!(ext.kind, VocabKind::ByteLevelBpe);
-    assert_eq!(ext.token_types[0], TokenType::Control);
-    assert_eq!((0..263).filter(|&id| t.is_special(id)).count(), 3);
+    assert_eq!(ext.token_types[0], TokenType::Normal);
+    assert_eq!(ext.token_types[260], TokenType::Control);
+    // dllama's rule: exactly the ids from BOS_ID on are special.
+    assert!((0..263).all(|id| t.is_special(id) == (id >= t.bos_id)));
+    let order = VocabOrder::from_gguf(&header).unwrap();
+    assert_eq!(
+        order.moved(),
+        [(0, 261), (1, 260), (2, 262), (260, 0), (261, 1), (262, 2)]
+    );
     // The file round-trips.
     assert_eq!(TokenizerFile::parse(&t.to_bytes().unwrap()).unwrap(), t);
 }
@@ -365,10 +393,88 @@ fn sentencepiece_vocabulary() {
     let header = GgufHeader::parse(&g.build()).unwrap();
     let t = tokenizer_from_gguf(&header).unwrap();
     let bytes: Vec<&[u8]> = t.vocab.iter().map(|v| v.bytes.as_slice()).collect();
+    // <s> and </s> swap with the last two pieces; <unk> stays a regular token as in dllama.
     assert_eq!(
         bytes,
-        [&b"<unk>"[..], b"<s>", b"</s>", b"\n", b" the", b"a"]
+        [&b"<unk>"[..], b" the", b"a", b"\n", b"<s>", b"</s>"]
     );
     assert!(t.true_add_bos(), "SentencePiece defaults to add-bos");
-    assert_eq!(t.bos_id, 5);
+    assert_eq!((t.bos_id, t.add_bos), (4, true));
+    assert_eq!(t.eos_ids, [5]);
+    assert_eq!(t.vocab[1].score, -1.0);
+}
+
+/// The report counts the GGUF tensors of every source type once (the tied embedding too), the
+/// `.m` tensors each became, and the largest Q40 rounding error, which is the error of the
+/// written blocks decoded as dllama decodes them.
+#[test]
+fn report_counts_source_types_and_the_q40_error() {
+    use airllama_io::gguf::GgmlType;
+    use half::f16;
+    let mut g = tiny_llama();
+    g.remove_tensor("output.weight");
+    let gguf = open("tiny-report.gguf", &g);
+    let plan = ModelPlan::from_gguf(gguf.header(), FloatType::Q40).unwrap();
+    let mut out = Vec::new();
+    let report = write_model_report(&gguf, &plan, &mut out, &mut |_, _| {}).unwrap();
+    assert_eq!(report.bytes, out.len() as u64);
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+    ] {
+        let gguf_count = gguf.header().tensors.iter().filter(|t| t.ty == ty).count();
+        let entry = report.types.iter().find(|t| t.source == ty).unwrap();
+        assert_eq!(entry.source_tensors, gguf_count, "{}", ty.name());
+    }
+    let written: usize = report
+        .types
+        .iter()
+        .map(|t| t.written_f32 + t.written_q40)
+        .sum();
+    assert_eq!(written, plan.tensors.len());
+    // Recompute each type's worst error from the file.
+    let header = ModelHeader::parse(&out).unwrap();
+    let layout = ModelLayout::new(&header, out.len() as u64).unwrap();
+    let order = VocabOrder::from_gguf(gguf.header()).unwrap();
+    let mut worst = std::collections::HashMap::<GgmlType, f32>::new();
+    for (entry, planned) in layout.tensors().iter().zip(&plan.tensors) {
+        if entry.float_type != FloatType::Q40 {
+            continue;
+        }
+        let mut values = dequantized(&gguf, &planned.source.name);
+        if planned.row_order.is_some() {
+            values = reorder_rows(&values, planned.cols as usize, &order);
+        }
+        let blocks = &out[entry.range().start as usize..entry.range().end as usize];
+        let mut max = 0f32;
+        for (x, b) in values.chunks_exact(32).zip(blocks.chunks_exact(18)) {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            for j in 0..16 {
+                let lo = (f32::from(b[2 + j] & 15) - 8.0) * d;
+                let hi = (f32::from(b[2 + j] >> 4) - 8.0) * d;
+                max = max.max((lo - x[j]).abs()).max((hi - x[j + 16]).abs());
+            }
+        }
+        let w = worst.entry(planned.source.ty).or_insert(0.0);
+        *w = w.max(max);
+    }
+    for t in &report.types {
+        assert_eq!(
+            t.q40_max_abs_error,
+            worst.get(&t.source).copied(),
+            "{}",
+            t.source.name()
+        );
+    }
+    // The tied classifier is Q8_0 like the embedding: one GGUF tensor, written twice.
+    let q8 = report
+        .types
+        .iter()
+        .find(|t| t.source == GgmlType::Q8_0)
+        .unwrap();
+    assert!(q8.written_f32 >= 1 && q8.written_q40 >= 1);
 }

@@ -1,6 +1,7 @@
 //! Finding SmolLM2's tokenizer for the real-vocabulary tests.
 use std::path::PathBuf;
 
+use airllama_io::convert::tokenizer::in_gguf_order;
 use airllama_io::convert::tokenizer_from_gguf;
 use airllama_io::gguf::GgufFile;
 use airllama_io::tokenizer_file::TokenizerFile;
@@ -16,7 +17,16 @@ fn cache_dir() -> PathBuf {
 /// `scripts/quickstart.sh` converts into the cache, else converted in memory from the GGUF that
 /// `scripts/fetch-smollm2.sh` downloads (as `airllama convert gguf` would write it). `None`, with
 /// a printed SKIPPED line, when none is there.
+///
+/// The file is returned with its tokens at their GGUF ids (Hugging Face's ids, which the tests
+/// compare with): the converter renumbers SmolLM2's 17 control tokens to the end of the
+/// vocabulary for dllama's chat and records how, and `in_gguf_order` undoes that, giving the
+/// layout earlier converters wrote (`docs/CONVERT.md`).
 pub fn smollm2() -> Option<TokenizerFile> {
+    smollm2_as_written().map(|f| in_gguf_order(&f).expect("SmolLM2 .t id map"))
+}
+
+fn smollm2_as_written() -> Option<TokenizerFile> {
     let t = match std::env::var_os("AIRLLAMA_SMOLLM2_T") {
         Some(p) => PathBuf::from(p),
         None => cache_dir().join("smollm2-135m-instruct.t"),

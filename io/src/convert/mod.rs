@@ -24,6 +24,7 @@ pub mod rope;
 pub mod tokenizer;
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use airllama_kernels::block::{BLOCK_SIZE, FloatType};
 
@@ -31,7 +32,7 @@ use crate::gguf::{GgmlType, GgufError, GgufFile, GgufHeader, GgufValue, TensorIn
 use crate::model::{ArchType, HiddenAct, ModelHeader, ModelHeaderError, ModelParams, NormEpsilon};
 use crate::tokenizer_file::{TokenizerFile, TokenizerFileError};
 
-pub use tokenizer::tokenizer_from_gguf;
+pub use tokenizer::{VocabOrder, tokenizer_from_gguf};
 
 /// Why a conversion failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +140,9 @@ pub struct PlannedTensor {
     pub rows: u64,
     /// Values per row.
     pub cols: u64,
+    /// For the embedding and the classifier of a relabeled vocabulary ([`VocabOrder`]):
+    /// `row_order[r]` is the source row written as row `r`. `None`: rows in source order.
+    pub row_order: Option<Arc<[u32]>>,
 }
 
 impl PlannedTensor {
@@ -159,6 +163,9 @@ pub struct ModelPlan {
     pub tensors: Vec<PlannedTensor>,
     /// Whether the classifier reuses the embedding (no `output.weight`).
     pub tied_embeddings: bool,
+    /// How token ids (embedding and classifier rows) are numbered against the GGUF's; the
+    /// same order [`tokenizer_from_gguf`] gives the `.t` file.
+    pub vocab_order: VocabOrder,
 }
 
 /// The ggml names of the tensor types the converter reads, for messages.
@@ -437,6 +444,22 @@ impl ModelPlan {
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0),
         };
+        // The tokenizer's relabeling moves the embedding and classifier rows with the tokens.
+        let vocab_order = VocabOrder::from_gguf(g)?;
+        let row_order: Option<Arc<[u32]>> = if vocab_order.is_identity() {
+            None
+        } else if vocab_order.len() != vocab_size as usize {
+            return Err(ConvertError::VocabSizeMismatch {
+                model: vocab_size,
+                tokenizer: vocab_order.len(),
+            });
+        } else {
+            Some(
+                (0..vocab_size)
+                    .map(|id| vocab_order.source_id(id))
+                    .collect(),
+            )
+        };
         let q_dim = u64::from(head_dim) * u64::from(n_heads);
         let kv_dim = u64::from(head_dim) * u64::from(n_kv_heads);
         let ffn64 = u64::from(moe.map_or(hidden_dim, |(_, m)| m));
@@ -450,7 +473,8 @@ impl ModelPlan {
                        ft: FloatType,
                        rows: u64,
                        cols: u64,
-                       expert: Option<(u64, u64)>|
+                       expert: Option<(u64, u64)>,
+                       row_order: Option<Arc<[u32]>>|
          -> Result<(), ConvertError> {
             let source = g
                 .tensor(name)
@@ -487,6 +511,7 @@ impl ModelPlan {
                 float_type: ft,
                 rows,
                 cols,
+                row_order,
             });
             Ok(())
         };
@@ -497,14 +522,23 @@ impl ModelPlan {
             vocab64,
             dim64,
             None,
+            row_order.clone(),
         )?;
         for l in 0..n_layers {
             let b = |s: &str| format!("blk.{l}.{s}.weight");
             let lab = |s: &str| format!("layer {l} {s}");
-            add(&b("attn_q"), lab("q"), weights, q_dim, dim64, None)?;
-            add(&b("attn_k"), lab("k"), weights, kv_dim, dim64, None)?;
-            add(&b("attn_v"), lab("v"), weights, kv_dim, dim64, None)?;
-            add(&b("attn_output"), lab("wo"), weights, dim64, q_dim, None)?;
+            add(&b("attn_q"), lab("q"), weights, q_dim, dim64, None, None)?;
+            add(&b("attn_k"), lab("k"), weights, kv_dim, dim64, None, None)?;
+            add(&b("attn_v"), lab("v"), weights, kv_dim, dim64, None, None)?;
+            add(
+                &b("attn_output"),
+                lab("wo"),
+                weights,
+                dim64,
+                q_dim,
+                None,
+                None,
+            )?;
             if moe.is_some() {
                 let n = u64::from(n_experts);
                 add(
@@ -514,18 +548,43 @@ impl ModelPlan {
                     n,
                     dim64,
                     None,
+                    None,
                 )?;
                 for e in 0..n {
                     let lab = |s: &str| format!("layer {l} expert {e} {s}");
                     let ex = Some((e, n));
-                    add(&b("ffn_gate_exps"), lab("w1"), weights, ffn64, dim64, ex)?;
-                    add(&b("ffn_down_exps"), lab("w2"), weights, dim64, ffn64, ex)?;
-                    add(&b("ffn_up_exps"), lab("w3"), weights, ffn64, dim64, ex)?;
+                    add(
+                        &b("ffn_gate_exps"),
+                        lab("w1"),
+                        weights,
+                        ffn64,
+                        dim64,
+                        ex,
+                        None,
+                    )?;
+                    add(
+                        &b("ffn_down_exps"),
+                        lab("w2"),
+                        weights,
+                        dim64,
+                        ffn64,
+                        ex,
+                        None,
+                    )?;
+                    add(
+                        &b("ffn_up_exps"),
+                        lab("w3"),
+                        weights,
+                        ffn64,
+                        dim64,
+                        ex,
+                        None,
+                    )?;
                 }
             } else {
-                add(&b("ffn_gate"), lab("w1"), weights, ffn64, dim64, None)?;
-                add(&b("ffn_down"), lab("w2"), weights, dim64, ffn64, None)?;
-                add(&b("ffn_up"), lab("w3"), weights, ffn64, dim64, None)?;
+                add(&b("ffn_gate"), lab("w1"), weights, ffn64, dim64, None, None)?;
+                add(&b("ffn_down"), lab("w2"), weights, dim64, ffn64, None, None)?;
+                add(&b("ffn_up"), lab("w3"), weights, ffn64, dim64, None, None)?;
             }
             if arch != SourceArch::Llama {
                 add(
@@ -535,6 +594,7 @@ impl ModelPlan {
                     1,
                     head64,
                     None,
+                    None,
                 )?;
                 add(
                     &b("attn_k_norm"),
@@ -542,6 +602,7 @@ impl ModelPlan {
                     FloatType::F32,
                     1,
                     head64,
+                    None,
                     None,
                 )?;
             }
@@ -552,6 +613,7 @@ impl ModelPlan {
                 1,
                 dim64,
                 None,
+                None,
             )?;
             add(
                 &b("ffn_norm"),
@@ -559,6 +621,7 @@ impl ModelPlan {
                 FloatType::F32,
                 1,
                 dim64,
+                None,
                 None,
             )?;
         }
@@ -568,6 +631,7 @@ impl ModelPlan {
             FloatType::F32,
             1,
             dim64,
+            None,
             None,
         )?;
         let tied_embeddings = g.tensor("output.weight").is_none();
@@ -583,6 +647,7 @@ impl ModelPlan {
             vocab64,
             dim64,
             None,
+            row_order,
         )?;
         // A tensor with no place in the .m file (biases, shared experts, ...) means the model
         // computes something dllama's graph does not: refuse rather than drop it.
@@ -626,6 +691,7 @@ impl ModelPlan {
             header,
             tensors,
             tied_embeddings,
+            vocab_order,
         })
     }
 
@@ -659,6 +725,81 @@ const CHUNK: usize = 1 << 16;
 /// Bytes around a finished tensor whose mapped pages are released with it (see [`write_model`]).
 const RELEASE_MARGIN: u64 = 1 << 20;
 
+/// What [`write_model_report`] did, per source tensor type.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConvertReport {
+    /// Bytes written (the whole `.m` file).
+    pub bytes: u64,
+    /// One entry per GGUF tensor type read, in order of first use.
+    pub types: Vec<TypeReport>,
+}
+
+/// The tensors read from one GGUF tensor type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypeReport {
+    /// The source ggml type.
+    pub source: GgmlType,
+    /// Distinct GGUF tensors of this type read (a tied embedding read twice counts once).
+    pub source_tensors: usize,
+    /// `.m` tensors written from them (each expert of a 3-D expert tensor counts).
+    pub written_f32: usize,
+    /// `.m` tensors re-quantized to Q40 from them.
+    pub written_q40: usize,
+    /// Values read.
+    pub values: u64,
+    /// Largest `|dequantized Q40 − source|` over the values re-quantized to Q40 (the rounding
+    /// the conversion adds on top of the GGUF's own quantization); `None` when none were.
+    pub q40_max_abs_error: Option<f32>,
+    /// The `.m` tensor where that error occurs.
+    pub q40_worst_tensor: Option<String>,
+    /// Root mean square of the same differences over all those values.
+    pub q40_rms_error: Option<f64>,
+    /// Values re-quantized to Q40 and the sum of their squared errors (for the mean).
+    q40_values: u64,
+    q40_sum_sq: f64,
+}
+
+impl ConvertReport {
+    fn entry(&mut self, ty: GgmlType) -> &mut TypeReport {
+        let i = match self.types.iter().position(|t| t.source == ty) {
+            Some(i) => i,
+            None => {
+                self.types.push(TypeReport {
+                    source: ty,
+                    source_tensors: 0,
+                    written_f32: 0,
+                    written_q40: 0,
+                    values: 0,
+                    q40_max_abs_error: None,
+                    q40_worst_tensor: None,
+                    q40_rms_error: None,
+                    q40_values: 0,
+                    q40_sum_sq: 0.0,
+                });
+                self.types.len() - 1
+            }
+        };
+        &mut self.types[i]
+    }
+}
+
+/// The source element ranges of a planned tensor in output order: the whole tensor, or one
+/// range per run of consecutive source rows when its rows are reordered.
+fn source_runs(t: &PlannedTensor) -> Vec<(u64, u64)> {
+    let Some(order) = &t.row_order else {
+        return vec![(t.source_start, t.rows * t.cols)];
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &row in order.iter() {
+        let start = t.source_start + u64::from(row) * t.cols;
+        match runs.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += t.cols,
+            _ => runs.push((start, t.cols)),
+        }
+    }
+    runs
+}
+
 /// Writes the `.m` file for `plan` from `gguf` to `out`, tensor by tensor. `progress` gets the
 /// number of bytes written so far and the tensor being written. Returns the bytes written.
 pub fn write_model<W: Write>(
@@ -667,13 +808,24 @@ pub fn write_model<W: Write>(
     out: &mut W,
     progress: &mut dyn FnMut(u64, &PlannedTensor),
 ) -> Result<u64, ConvertError> {
+    Ok(write_model_report(gguf, plan, out, progress)?.bytes)
+}
+
+/// [`write_model`], returning what was read and how much the Q40 re-quantization rounded.
+pub fn write_model_report<W: Write>(
+    gguf: &GgufFile,
+    plan: &ModelPlan,
+    out: &mut W,
+    progress: &mut dyn FnMut(u64, &PlannedTensor),
+) -> Result<ConvertReport, ConvertError> {
     plan.header.write_to(out)?;
+    let mut report = ConvertReport::default();
+    let mut seen = std::collections::HashSet::new();
     let mut written = plan.header.header_size();
     let mut values = vec![0f32; CHUNK];
     let mut bytes: Vec<u8> = Vec::with_capacity(CHUNK * 4);
     for t in &plan.tensors {
         progress(written, t);
-        let total = t.rows * t.cols;
         let block_bytes = t.source.ty.block_layout();
         let source_range = gguf.header().tensor_range(&t.source, gguf.file_len()).ok();
         // File bytes of elements `from..to` of the source (block-aligned by construction).
@@ -681,33 +833,44 @@ pub fn write_model<W: Write>(
             let (range, (block, size)) = (source_range.clone()?, block_bytes?);
             Some(range.start + from / block * size..range.start + to / block * size)
         };
-        let mut start = 0u64;
-        while start < total {
-            let n = (total - start).min(CHUNK as u64) as usize;
-            let chunk = &mut values[..n];
-            gguf.dequantize_range(&t.source, t.source_start + start, chunk)?;
-            if chunk.iter().any(|v| !v.is_finite()) {
-                return Err(ConvertError::NonFinite(t.source.name.clone()));
-            }
-            bytes.clear();
-            match t.float_type {
-                FloatType::Q40 => q40::quantize_q40_into(chunk, &mut bytes),
-                _ => {
-                    for v in chunk.iter() {
-                        bytes.extend_from_slice(&v.to_le_bytes());
+        let (mut max_error, mut sum_sq) = (0f32, 0f64);
+        // Runs start on row boundaries and rows hold whole source blocks (and whole Q40
+        // blocks for a Q40 output, which the plan checks), so every chunk does too.
+        for (run_start, run_len) in source_runs(t) {
+            let mut start = 0u64;
+            while start < run_len {
+                let n = (run_len - start).min(CHUNK as u64) as usize;
+                let from = run_start + start;
+                let chunk = &mut values[..n];
+                gguf.dequantize_range(&t.source, from, chunk)?;
+                if chunk.iter().any(|v| !v.is_finite()) {
+                    return Err(ConvertError::NonFinite(t.source.name.clone()));
+                }
+                bytes.clear();
+                match t.float_type {
+                    FloatType::Q40 => {
+                        q40::quantize_q40_into(chunk, &mut bytes);
+                        let (max, sq) = q40::rounding_error(chunk, &bytes);
+                        max_error = max_error.max(max);
+                        sum_sq += sq;
+                    }
+                    _ => {
+                        for v in chunk.iter() {
+                            bytes.extend_from_slice(&v.to_le_bytes());
+                        }
                     }
                 }
+                out.write_all(&bytes)?;
+                written += bytes.len() as u64;
+                // Drop the source pages of this chunk already (a big embedding would otherwise
+                // stay mapped until its end).
+                if let Some(r) = bytes_of(from, from + n as u64) {
+                    gguf.release(r.start.saturating_sub(RELEASE_MARGIN)..r.end);
+                }
+                start += n as u64;
             }
-            out.write_all(&bytes)?;
-            written += bytes.len() as u64;
-            // Drop the source pages of this chunk already (a big embedding would otherwise stay
-            // mapped until its end).
-            if let Some(r) = bytes_of(t.source_start + start, t.source_start + start + n as u64) {
-                gguf.release(r.start.saturating_sub(RELEASE_MARGIN)..r.end);
-            }
-            start += n as u64;
         }
-        if let Some(r) = bytes_of(t.source_start, t.source_start + total) {
+        if let Some(r) = bytes_of(t.source_start, t.source_start + t.rows * t.cols) {
             // Page faults map neighbouring cached pages too ("fault-around"), and the GGUF's
             // tensor order differs from dllama's, so release a margin around the tensor as well:
             // that catches the spill into neighbours that were already released.
@@ -715,9 +878,28 @@ pub fn write_model<W: Write>(
                 r.start.saturating_sub(RELEASE_MARGIN)..r.end.saturating_add(RELEASE_MARGIN),
             );
         }
+        let first_read = seen.insert(t.source.name.clone());
+        let entry = report.entry(t.source.ty);
+        if first_read {
+            entry.source_tensors += 1;
+        }
+        entry.values += t.rows * t.cols;
+        if t.float_type == FloatType::Q40 {
+            entry.written_q40 += 1;
+            entry.q40_values += t.rows * t.cols;
+            entry.q40_sum_sq += sum_sq;
+            entry.q40_rms_error = Some((entry.q40_sum_sq / entry.q40_values as f64).sqrt());
+            if entry.q40_max_abs_error.is_none_or(|e| max_error > e) {
+                entry.q40_max_abs_error = Some(max_error);
+                entry.q40_worst_tensor = Some(t.label.clone());
+            }
+        } else {
+            entry.written_f32 += 1;
+        }
     }
     if let Some(last) = plan.tensors.last() {
         progress(written, last);
     }
-    Ok(written)
+    report.bytes = written;
+    Ok(report)
 }

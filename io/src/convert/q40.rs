@@ -50,6 +50,30 @@ pub fn quantize_q40_into(x: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Largest `|dequantized − x|` over `x` and its Q40 blocks `q` (as written by
+/// [`quantize_q40_into`]), dequantizing as dllama does: `(code − 8) · f16 scale`.
+pub fn max_abs_error(x: &[f32], q: &[u8]) -> f32 {
+    rounding_error(x, q).0
+}
+
+/// The largest `|dequantized − x|` and the sum of the squared differences (for a mean), over
+/// `x` and its Q40 blocks `q` (see [`max_abs_error`]).
+pub fn rounding_error(x: &[f32], q: &[u8]) -> (f32, f64) {
+    let mut max = 0f32;
+    let mut sum_sq = 0f64;
+    let block_bytes = std::mem::size_of::<Q40Block>();
+    for (values, block) in x.chunks_exact(BLOCK_SIZE).zip(q.chunks_exact(block_bytes)) {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        for (j, &byte) in block[2..].iter().enumerate() {
+            let low = (f32::from(byte & 0x0f) - 8.0) * d - values[j];
+            let high = (f32::from(byte >> 4) - 8.0) * d - values[j + 16];
+            max = max.max(low.abs()).max(high.abs());
+            sum_sq += f64::from(low) * f64::from(low) + f64::from(high) * f64::from(high);
+        }
+    }
+    (max, sum_sq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +84,28 @@ mod tests {
         let b = quantize_q40_block(&[0.0; 32]);
         assert_eq!(b.d, [0x00, 0x80]);
         assert_eq!(b.qs, [0x88; 16]);
+    }
+
+    #[test]
+    fn error_is_within_one_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 30.0) / 7.0)
+            .collect();
+        let mut q = Vec::new();
+        quantize_q40_into(&x, &mut q);
+        let e = max_abs_error(&x, &q);
+        // The extreme (33/7) is exact; everything else is within a step of 33/56 (the far end
+        // clips at 7 steps on the other side).
+        let step = 33.0 / 7.0 / 8.0;
+        assert!(e > 0.0 && e <= step * 1.01, "{e} vs step {step}");
+        assert_eq!(
+            max_abs_error(&[0.0; 32], &{
+                let mut z = Vec::new();
+                quantize_q40_into(&[0.0; 32], &mut z);
+                z
+            }),
+            0.0
+        );
     }
 
     #[test]
