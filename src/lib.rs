@@ -2,6 +2,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod chat_template;
 pub mod executor;
 pub mod graph;

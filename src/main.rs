@@ -31,6 +31,8 @@ enum Command {
     Inference(cli::inference::Args),
     /// Chat over stdin as a dllama root (drop-in for `dllama chat`).
     Chat(cli::chat::Args),
+    /// Serve an OpenAI-compatible HTTP API (and a chat page) as a dllama root.
+    Api(cli::api::Args),
     /// Write a synthetic model (random weights of a chosen shape) for tests and benchmarks.
     GenModel(cli::gen_model::Args),
     /// Measure decode speed on this machine (resident or under --mem-budget) and the disk.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cli::replay::run(args),
         Command::Inference(args) => cli::inference::run(args),
         Command::Chat(args) => cli::chat::run(args),
+        Command::Api(args) => cli::api::run(args),
         Command::GenModel(args) => cli::gen_model::run(args),
         Command::Bench(args) => cli::bench::run(args),
     };

@@ -1,4 +1,5 @@
 //! One module per subcommand: flags parsed by clap, validated, then handed to the library.
+pub mod api;
 pub mod bench;
 pub mod chat;
 pub mod cleanup;
