@@ -17,6 +17,8 @@ command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pi
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
 command -v c++ >/dev/null || need_apt+=(g++)
+# tests/api_server.rs opens the chat page of `airllama api` in headless Chromium.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -33,4 +35,9 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 if ! "$repo/.cache/venv/bin/python3" -c 'import gguf, numpy' 2>/dev/null; then
   python3 -m venv "$repo/.cache/venv"
   "$repo/.cache/venv/bin/pip" install -q gguf numpy
+fi
+# tests/api_server.rs drives `airllama api` with the official openai client and drives
+# Chromium over its DevTools protocol with websocket-client.
+if ! "$repo/.cache/venv/bin/python3" -c 'import openai, websocket' 2>/dev/null; then
+  "$repo/.cache/venv/bin/pip" install -q openai websocket-client
 fi
