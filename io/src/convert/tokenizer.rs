@@ -389,6 +389,13 @@ pub fn in_gguf_order(file: &TokenizerFile) -> Result<TokenizerFile, ConvertError
         return Ok(file.clone());
     };
     let n = source.len();
+    // A parsed file has every id in range; a hand-built one gets an error, not a panic.
+    let out_of_range = || {
+        ConvertError::Tokenizer(crate::tokenizer_file::TokenizerFileError::BadExtension(
+            "an id outside the vocabulary",
+        ))
+    };
+    let gguf_id = |f: u32| source.get(f as usize).copied().ok_or_else(out_of_range);
     let mut file_of = vec![0u32; n];
     for (f, &g) in source.iter().enumerate() {
         file_of[g as usize] = f as u32;
@@ -396,23 +403,32 @@ pub fn in_gguf_order(file: &TokenizerFile) -> Result<TokenizerFile, ConvertError
     let mut out = file.clone();
     out.vocab = file_of
         .iter()
-        .map(|&f| file.vocab[f as usize].clone())
-        .collect();
-    out.eos_ids = file.eos_ids.iter().map(|&f| source[f as usize]).collect();
+        .map(|&f| file.vocab.get(f as usize).cloned().ok_or_else(out_of_range))
+        .collect::<Result<_, _>>()?;
+    out.eos_ids = file
+        .eos_ids
+        .iter()
+        .map(|&f| gguf_id(f))
+        .collect::<Result<_, _>>()?;
     out.chat_stops
         .retain(|r| !r.starts_with(&crate::tokenizer_file::ID_MAP_MAGIC));
     match &mut out.extension {
         Some(ext) => {
-            ext.bos_id = ext.bos_id.map(|f| source[f as usize]);
+            ext.bos_id = ext.bos_id.map(gguf_id).transpose()?;
             if !ext.token_types.is_empty() {
                 ext.token_types = file_of
                     .iter()
-                    .map(|&f| ext.token_types[f as usize])
-                    .collect();
+                    .map(|&f| {
+                        ext.token_types
+                            .get(f as usize)
+                            .copied()
+                            .ok_or_else(out_of_range)
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             (out.bos_id, out.add_bos) = dllama_bos(&ext.token_types, ext.bos_id, ext.add_bos, n);
         }
-        None => out.bos_id = source[file.bos_id as usize],
+        None => out.bos_id = gguf_id(file.bos_id)?,
     }
     Ok(out)
 }
