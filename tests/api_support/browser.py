@@ -31,8 +31,9 @@ chromium = subprocess.Popen(
 try:
     # Chromium writes the port it chose into the profile.
     port_file = os.path.join(profile, "DevToolsActivePort")
+    deadline = time.monotonic() + 600
     while not (os.path.exists(port_file) and open(port_file).read().count("\n") >= 1):
-        if chromium.poll() is not None:
+        if chromium.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"chromium exited with {chromium.returncode}; see {OUT}/chromium.log")
         time.sleep(0.05)
     port = int(open(port_file).read().split("\n")[0])
@@ -59,7 +60,11 @@ try:
         return r["result"].get("value")
 
     def wait_for(expression):
+        # The limit turns a page that never gets there into a failure instead of a hung run.
+        deadline = time.monotonic() + 600
         while not js(expression):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still waiting for {expression} after 600 s")
             time.sleep(0.1)
 
     cdp("Page.enable")
