@@ -2,6 +2,9 @@
 //! overwritten, each one that the net codec still accepts is bound by the executor and (when
 //! that succeeds) run for a batch-32 and a batch-1 forward. Every outcome must be a value (a
 //! typed error or a finished forward), never a panic.
+#[macro_use]
+mod golden_support;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,6 +201,7 @@ fn mutate_variant(variant: &str, cases: usize, seed: u64) -> (usize, usize) {
 
 #[test]
 fn mutated_configs_never_panic() {
+    golden_or_skip!();
     // The executor turns a panic in a pool thread into an error; count them anyway, because a
     // panic at all means a shape check is missing.
     static PANICS: AtomicUsize = AtomicUsize::new(0);

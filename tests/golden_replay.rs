@@ -7,6 +7,9 @@
 //! `AIRLLAMA_ISA=avx2`), everything else AVX2 + FMA + F16C or better. On a CPU without it the
 //! test prints what it skipped and why. The aarch64 folders run from `scripts/test.sh` under
 //! qemu-aarch64.
+#[macro_use]
+mod golden_support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +37,7 @@ fn replay_case(scenario: &str, worker_index: usize, nthreads: usize) {
 /// `--shared-storage` roots): a C++ root, which never waits in silence for a greeting, must see
 /// exactly the same bytes.
 fn replay_case_with(scenario: &str, worker_index: usize, nthreads: usize, with_model: bool) {
+    golden_or_skip!();
     let (isa, limit) = requirement(scenario);
     if Backend::new(isa).is_none() {
         println!(
@@ -127,6 +131,7 @@ fn a_worker_with_a_model_serves_a_cpp_root_byte_exactly() {
 /// silently left out).
 #[test]
 fn every_x86_scenario_is_covered() {
+    golden_or_skip!();
     let listed = include_str!("golden_replay.rs");
     let mut missing = Vec::new();
     for variant in std::fs::read_dir(golden_dir()).expect("golden dir") {

@@ -1,6 +1,9 @@
 //! The graph builder's refusals (each a case where dllama would assert or mis-slice), the
 //! parameters that change the graph (sync type, context cap, RoPE scaling), and the weight
 //! plan's own checks.
+#[macro_use]
+mod golden_support;
+
 use std::path::{Path, PathBuf};
 
 use airllama::graph::{
@@ -52,6 +55,7 @@ fn llama(dim: u32, heads: u32, kv_heads: u32, weight_type: FloatType) -> ModelPa
 
 #[test]
 fn node_counts_that_do_not_split_are_refused() {
+    golden_or_skip!();
     let q40 = golden_header("llama-q40");
     assert_eq!(
         build(&q40, 0, SyncFloatType::Q80),
@@ -126,6 +130,7 @@ fn node_counts_that_do_not_split_are_refused() {
 
 #[test]
 fn dllama_root_limits() {
+    golden_or_skip!();
     let q40 = golden_header("llama-q40");
     let c = *q40.config();
     assert!(check_dllama_root_limits(&c, &GraphParams::dllama(6, SyncFloatType::Q80, 0)).is_ok());
@@ -154,6 +159,7 @@ fn op_names(graph: &LlmGraph, node: usize) -> Vec<&str> {
 
 #[test]
 fn sync_type_decides_the_quantizing_casts() {
+    golden_or_skip!();
     let header = golden_header("llama-f32");
     let f32 = build(&header, 2, SyncFloatType::F32).unwrap();
     let q80 = build(&header, 2, SyncFloatType::Q80).unwrap();
@@ -199,6 +205,7 @@ fn sync_type_decides_the_quantizing_casts() {
 
 #[test]
 fn structure_of_a_node() {
+    golden_or_skip!();
     let header = golden_header("qwen3moe-q40");
     let graph = build(&header, 3, SyncFloatType::Q80).unwrap();
     let c = graph.config;
@@ -244,6 +251,7 @@ fn structure_of_a_node() {
 
 #[test]
 fn max_seq_len_caps_caches_and_attention() {
+    golden_or_skip!();
     let header = golden_header("llama-q40");
     let capped = LlmGraph::build(&header, GraphParams::dllama(2, SyncFloatType::Q80, 64)).unwrap();
     let uncapped =
@@ -318,6 +326,7 @@ fn llama31_rope_and_gelu_header() {
 
 #[test]
 fn weight_plan_checks() {
+    golden_or_skip!();
     let bytes = golden_model("llama-q40");
     let header = ModelHeader::parse(&bytes).unwrap();
     let layout = ModelLayout::new(&header, bytes.len() as u64).unwrap();
@@ -522,6 +531,7 @@ proptest::proptest! {
 
 #[test]
 fn hand_made_configs_are_checked() {
+    golden_or_skip!();
     let header = golden_header("qwen3-q40");
     let params = GraphParams::dllama(2, SyncFloatType::Q80, 0);
     let good = *header.config();

@@ -9,6 +9,9 @@
 //! offsets the manifest lists); the unset falcon RoPE slice fields are 0 in x86 recordings and
 //! must match there, while the aarch64 recordings hold stack garbage in them, so those bytes
 //! alone are skipped for `*-neon*` scenarios.
+#[macro_use]
+mod golden_support;
+
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -275,27 +278,32 @@ fn check_variant(variant: &str) {
 
 #[test]
 fn llama_q40_matches_every_recorded_root() {
+    golden_or_skip!();
     check_variant("llama-q40");
 }
 
 #[test]
 fn llama_f32_matches_every_recorded_root() {
+    golden_or_skip!();
     check_variant("llama-f32");
 }
 
 #[test]
 fn qwen3_q40_matches_every_recorded_root() {
+    golden_or_skip!();
     check_variant("qwen3-q40");
 }
 
 #[test]
 fn qwen3moe_q40_matches_every_recorded_root() {
+    golden_or_skip!();
     check_variant("qwen3moe-q40");
 }
 
 /// The lists above cover every scenario folder on disk, so a new recording is not skipped.
 #[test]
 fn every_golden_scenario_is_listed() {
+    golden_or_skip!();
     let mut on_disk = Vec::new();
     for variant in fs::read_dir(golden()).unwrap().flatten() {
         if !variant.path().is_dir() {

@@ -20,6 +20,9 @@
 //! model (about 100 MB) and SmolLM2 when `scripts/fetch-smollm2.sh` fetched it (else that test
 //! prints SKIPPED). Tests that run clusters or big models take turns (the machine may have two
 //! cores, and turbo-mode nodes spin).
+#[macro_use]
+mod golden_support;
+
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -238,6 +241,7 @@ fn stalled_root(case: Stall) {
 
 #[test]
 fn stall_before_the_handshake_silent_connection() {
+    golden_or_skip!();
     stalled_root(Stall {
         stage: "handshake",
         cut: 0,
@@ -249,6 +253,7 @@ fn stall_before_the_handshake_silent_connection() {
 
 #[test]
 fn stall_mid_handshake() {
+    golden_or_skip!();
     stalled_root(Stall {
         stage: "handshake",
         cut: 4,
@@ -260,6 +265,7 @@ fn stall_mid_handshake() {
 
 #[test]
 fn stall_after_the_handshake_before_the_root_ready_ack() {
+    golden_or_skip!();
     let g = golden_2nodes();
     stalled_root(Stall {
         stage: "reading root-ready ACK",
@@ -272,6 +278,7 @@ fn stall_after_the_handshake_before_the_root_ready_ack() {
 
 #[test]
 fn stall_mid_net_config() {
+    golden_or_skip!();
     let (at, len) = golden_2nodes().net_config;
     stalled_root(Stall {
         stage: "net config",
@@ -284,6 +291,7 @@ fn stall_mid_net_config() {
 
 #[test]
 fn stall_mid_node_config() {
+    golden_or_skip!();
     let (at, len) = golden_2nodes().node_config;
     stalled_root(Stall {
         stage: "node config",
@@ -296,6 +304,7 @@ fn stall_mid_node_config() {
 
 #[test]
 fn stall_mid_weight_record_header() {
+    golden_or_skip!();
     let (header_at, _, _) = golden_2nodes().first_record;
     stalled_root(Stall {
         stage: "weight record header",
@@ -308,6 +317,7 @@ fn stall_mid_weight_record_header() {
 
 #[test]
 fn stall_mid_weight_data() {
+    golden_or_skip!();
     let (_, data_at, len) = golden_2nodes().first_record;
     stalled_root(Stall {
         stage: "weight data",
@@ -320,6 +330,7 @@ fn stall_mid_weight_data() {
 
 #[test]
 fn stall_mid_first_control_packet() {
+    golden_or_skip!();
     let (at, out_at, _) = golden_2nodes().forwards[0];
     stalled_root(Stall {
         stage: "control packet",
@@ -332,6 +343,7 @@ fn stall_mid_first_control_packet() {
 
 #[test]
 fn stall_mid_control_packet_in_turbo_mode_costs_no_cpu() {
+    golden_or_skip!();
     // The second forward's packet: turbo mode is on since the first.
     let (at, out_at, _) = golden_2nodes().forwards[1];
     stalled_root(Stall {
@@ -345,6 +357,7 @@ fn stall_mid_control_packet_in_turbo_mode_costs_no_cpu() {
 
 #[test]
 fn stall_mid_forward_sync_in_turbo_mode_costs_no_cpu() {
+    golden_or_skip!();
     // Forward 0 (batch 32): the control packet, every X row, then half of the root's slice of
     // batch item 0 of the first ZQ sync. The worker has sent its own slice of that item.
     let g = golden_2nodes();
@@ -362,6 +375,7 @@ fn stall_mid_forward_sync_in_turbo_mode_costs_no_cpu() {
 /// between forwards for longer than `--net-timeout` still gets every byte of its session.
 #[test]
 fn a_root_idle_between_forwards_is_not_dropped() {
+    golden_or_skip!();
     let g = golden_2nodes();
     let worker = Worker::start(&["--net-timeout", "1"]);
     let mut root = Conn::connect(worker.port);
@@ -404,6 +418,7 @@ fn a_root_idle_between_forwards_is_not_dropped() {
 /// handshake) but never answers is named instead of waited for forever.
 #[test]
 fn a_root_names_a_worker_that_accepts_but_never_answers() {
+    golden_or_skip!();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
     let started = Instant::now();
@@ -436,6 +451,7 @@ fn a_root_names_a_worker_that_accepts_but_never_answers() {
 /// names the worker, and the worker then serves a correct session.
 #[test]
 fn a_root_given_the_same_worker_twice_fails_in_time() {
+    golden_or_skip!();
     let worker = Worker::start(&["--net-timeout", "1"]);
     let address = worker.address();
     let started = Instant::now();
@@ -544,6 +560,7 @@ fn a_sigstopped_worker_is_named_by_the_root_and_the_others_serve_the_next_root()
 
 #[test]
 fn allow_root_refuses_a_root_outside_the_list() {
+    golden_or_skip!();
     let worker = Worker::start(&["--allow-root", "10.99.0.0/16"]);
     let mut root = Proc::spawn(&inference(
         &golden_model(),
@@ -583,6 +600,7 @@ fn allow_root_refuses_a_root_outside_the_list() {
 
 #[test]
 fn allow_root_serves_a_listed_root() {
+    golden_or_skip!();
     let worker = Worker::start(&["--allow-root", "127.0.0.1"]);
     worker.assert_serves_golden("--allow-root 127.0.0.1");
     let mut root = Proc::spawn(&inference(
@@ -602,6 +620,7 @@ fn allow_root_serves_a_listed_root() {
 /// list refuses before connecting (the handshake cannot aim it at arbitrary machines).
 #[test]
 fn allow_root_refuses_a_named_peer_outside_the_list() {
+    golden_or_skip!();
     let worker = Worker::start(&["--allow-root", "127.0.0.1", "--net-timeout", "5"]);
     let trap = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     trap.set_nonblocking(true).expect("nonblocking");
@@ -637,6 +656,7 @@ fn allow_root_refuses_a_named_peer_outside_the_list() {
 /// byte on both links.
 #[test]
 fn a_forged_peer_is_closed_unread_and_the_named_peer_is_served() {
+    golden_or_skip!();
     let dir = golden("llama-q40/3nodes");
     let read = |name: &str| std::fs::read(dir.join(name)).expect("golden stream");
     let mut root_stream = read("w1_c0_root.to_worker.bin");
@@ -719,6 +739,7 @@ fn a_forged_peer_is_closed_unread_and_the_named_peer_is_served() {
 
 #[test]
 fn max_memory_refusals_are_logged_and_named() {
+    golden_or_skip!();
     const REFUSAL: &str = "more than the 65536 bytes allowed (--max-memory";
     let g = golden_2nodes();
     let worker = Worker::start(&["--max-memory", "64K"]);
@@ -803,6 +824,7 @@ fn wait_for_spill(pid: u32, dir: &Path, bytes: u64, done: impl Fn() -> bool) -> 
 
 #[test]
 fn kill_9_of_a_worker_while_it_spills_leaves_no_file() {
+    golden_or_skip!();
     let _turn = heavy();
     let model = big_model();
     let spill = scratch("kill9_worker");
@@ -851,6 +873,7 @@ fn kill_9_of_a_worker_while_it_spills_leaves_no_file() {
 
 #[test]
 fn kill_9_of_a_root_while_it_spills_leaves_no_file() {
+    golden_or_skip!();
     let _turn = heavy();
     let model = big_model();
     let spill = scratch("kill9_root");
@@ -898,6 +921,7 @@ fn kill_9_of_a_root_while_it_spills_leaves_no_file() {
 
 #[test]
 fn a_model_truncated_under_a_streaming_root_is_an_error_naming_it() {
+    golden_or_skip!();
     let _turn = heavy();
     let dir = scratch("truncated");
     let model = dir.join("copy.m");

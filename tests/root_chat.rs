@@ -1,5 +1,8 @@
 //! `airllama chat` end to end: stdin line by line, the KV cache kept across turns, a clean exit
 //! at end of input or of the context.
+#[macro_use]
+mod golden_support;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -34,6 +37,7 @@ fn chat(args: &[&str], model: &PathBuf, tokenizer: &PathBuf, input: &str) -> Out
 
 #[test]
 fn end_of_input_after_the_system_prompt_exits_cleanly() {
+    golden_or_skip!();
     let dir = golden("llama-q40");
     let out = chat(
         &["--buffer-float-type", "q80", "--chat-template", "llama3"],
@@ -53,6 +57,7 @@ fn end_of_input_after_the_system_prompt_exits_cleanly() {
 
 #[test]
 fn a_turn_that_fills_the_context_ends_the_chat() {
+    golden_or_skip!();
     // Random weights never pick the eos token here: the answer runs to the end of the
     // 128-position context, and the chat ends there even though more input follows.
     let dir = golden("llama-q40");
@@ -83,6 +88,7 @@ fn a_turn_that_fills_the_context_ends_the_chat() {
 
 #[test]
 fn an_unknown_template_is_named() {
+    golden_or_skip!();
     let dir = golden("llama-q40");
     let out = chat(
         &["--buffer-float-type", "q80", "--chat-template", "nope"],

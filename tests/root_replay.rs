@@ -18,6 +18,9 @@
 //! the streams agree up to that forward's X row, that our row is the embedding row of 97 and the
 //! recorded one the embedding row of 0, and then, driving [`Root::forward`] with dllama's
 //! token at that one position, that everything else is byte-identical too.
+#[macro_use]
+mod golden_support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -589,31 +592,37 @@ fn recorded_case_streamed(scenario: &str) {
 
 #[test]
 fn llama_q40_2nodes_root_streamed() {
+    golden_or_skip!();
     recorded_case_streamed("llama-q40/2nodes");
 }
 
 #[test]
 fn llama_q40_3nodes_root_streamed() {
+    golden_or_skip!();
     recorded_case_streamed("llama-q40/3nodes");
 }
 
 #[test]
 fn llama_f32_3nodes_root_streamed() {
+    golden_or_skip!();
     recorded_case_streamed("llama-f32/3nodes");
 }
 
 #[test]
 fn qwen3_q40_2nodes_root_streamed() {
+    golden_or_skip!();
     recorded_case_streamed("qwen3-q40/2nodes");
 }
 
 #[test]
 fn qwen3moe_q40_3nodes_root_streamed() {
+    golden_or_skip!();
     recorded_case_streamed("qwen3moe-q40/3nodes");
 }
 
 #[test]
 fn qwen3moe_q40_2nodes_long_root_streamed() {
+    golden_or_skip!();
     recorded_case_streamed("qwen3moe-q40/2nodes-long");
 }
 
@@ -622,6 +631,7 @@ fn qwen3moe_q40_2nodes_long_root_streamed() {
 /// start.
 #[test]
 fn root_spill_file_goes_with_the_root() {
+    golden_or_skip!();
     let scenario = "llama-q40/2nodes";
     let Some(backend) = backend_for(scenario) else {
         return;
@@ -676,6 +686,7 @@ fn root_spill_file_goes_with_the_root() {
 /// Real `airllama worker`s (all resident), the root under a budget below two layers.
 #[test]
 fn llama_q40_3nodes_real_root_streamed() {
+    golden_or_skip!();
     let scenario = "llama-q40/3nodes";
     let Some(g) = backend_for(scenario).map(|_| load(scenario)) else {
         return;
@@ -687,6 +698,7 @@ fn llama_q40_3nodes_real_root_streamed() {
 
 #[test]
 fn qwen3moe_q40_2nodes_real_root_streamed() {
+    golden_or_skip!();
     let scenario = "qwen3moe-q40/2nodes";
     let Some(g) = backend_for(scenario).map(|_| load(scenario)) else {
         return;
@@ -701,10 +713,12 @@ macro_rules! cases {
         $(
             #[test]
             fn $recorded() {
+                golden_or_skip!();
                 recorded_case($scenario);
             }
             #[test]
             fn $real() {
+                golden_or_skip!();
                 real_workers_case($scenario);
             }
         )*
@@ -728,16 +742,19 @@ cases! {
 
 #[test]
 fn llama_q40_3nodes_root_2_threads() {
+    golden_or_skip!();
     recorded_case_threads("llama-q40/3nodes", 2);
 }
 
 #[test]
 fn qwen3moe_q40_2nodes_long_root_2_threads() {
+    golden_or_skip!();
     recorded_case_threads("qwen3moe-q40/2nodes-long", 2);
 }
 
 #[test]
 fn llama_f32_3nodes_root_2_threads() {
+    golden_or_skip!();
     recorded_case_threads("llama-f32/3nodes", 2);
 }
 
@@ -745,6 +762,7 @@ fn llama_f32_3nodes_root_2_threads() {
 /// real workers prints the C++ root's prompt line, one line per forward and the same pieces.
 #[test]
 fn cli_inference_matches_root_stdout() {
+    golden_or_skip!();
     cli_inference_case(&[]);
 }
 
@@ -752,6 +770,7 @@ fn cli_inference_matches_root_stdout() {
 /// slice and `--spill-dir`: the root streams (and says so), prints the same, leaves no file.
 #[test]
 fn cli_inference_with_mem_budget_matches_root_stdout() {
+    golden_or_skip!();
     let g = load("llama-q40/3nodes");
     let s = streaming_options(&g, "cli");
     let stdout = cli_inference_case(&[

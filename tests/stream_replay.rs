@@ -3,6 +3,9 @@
 //! back through a one-slot ring each forward. The bytes it sends back must still be exactly the
 //! recorded ones. Scenarios need the instruction set their bytes were recorded with (see
 //! `golden_replay.rs`); a CPU without it skips them.
+#[macro_use]
+mod golden_support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,30 +72,36 @@ fn replay_streamed(scenario: &str, n_nodes: u64, worker_index: usize, isa: Isa) 
 
 #[test]
 fn llama_q40_2nodes_streamed() {
+    golden_or_skip!();
     replay_streamed("llama-q40/2nodes", 2, 0, Isa::Avx2);
 }
 
 #[test]
 fn llama_q40_3nodes_worker1_streamed() {
+    golden_or_skip!();
     replay_streamed("llama-q40/3nodes", 3, 1, Isa::Avx2);
 }
 
 #[test]
 fn llama_q40_2nodes_long_streamed() {
+    golden_or_skip!();
     replay_streamed("llama-q40/2nodes-long", 2, 0, Isa::Avx2);
 }
 
 #[test]
 fn llama_f32_2nodes_streamed() {
+    golden_or_skip!();
     replay_streamed("llama-f32/2nodes", 2, 0, Isa::Avx512);
 }
 
 #[test]
 fn qwen3_q40_3nodes_streamed() {
+    golden_or_skip!();
     replay_streamed("qwen3-q40/3nodes", 3, 0, Isa::Avx2);
 }
 
 #[test]
 fn qwen3moe_q40_2nodes_long_streamed() {
+    golden_or_skip!();
     replay_streamed("qwen3moe-q40/2nodes-long", 2, 0, Isa::Avx2);
 }

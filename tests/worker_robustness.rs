@@ -1,6 +1,9 @@
 //! A running `airllama worker` fed truncated, oversized, garbage and semantically invalid
 //! configs must log what was wrong, drop that session, and then serve a correct session: the
 //! recorded `llama-q40/2nodes` replay passes on the same process afterwards.
+#[macro_use]
+mod golden_support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
@@ -140,6 +143,7 @@ fn u32s(values: &[u32]) -> Vec<u8> {
 
 #[test]
 fn bad_configs_are_logged_and_the_worker_keeps_serving() {
+    golden_or_skip!();
     let scenario = Scenario::load(&scenario_dir()).expect("golden scenario");
     let stream = std::fs::read(scenario_dir().join("w0_c0_root.to_worker.bin")).expect("stream");
     let net_at = 12;

@@ -1,6 +1,10 @@
 //! Every error kind of the `.m` header and the layout, provoked by cutting, extending or
 //! corrupting a golden model in memory (or, for node-split checks that no golden model fails,
 //! a small model written with [`ModelParams`]).
+#[macro_use]
+#[path = "../../tests/golden_support/mod.rs"]
+mod golden_support;
+
 use airllama_io::layout::{LayoutError, ModelLayout, TensorRole};
 use airllama_io::model::{
     ArchType, HeaderKey, HiddenAct, MAX_HEADER_SIZE, ModelHeader, ModelHeaderError, ModelParams,
@@ -37,6 +41,7 @@ fn parse_err(bytes: &[u8]) -> ModelHeaderError {
 
 #[test]
 fn truncated_header() {
+    golden_or_skip!();
     let bytes = golden_model("llama-q40");
     for len in [0, 3, 4, 7] {
         assert!(
@@ -61,6 +66,7 @@ fn truncated_header() {
 
 #[test]
 fn magic() {
+    golden_or_skip!();
     for old in [0xABCD00, 0xABCD01] {
         let mut bytes = golden_model("llama-q40");
         set_i32(&mut bytes, 0, old);
@@ -82,6 +88,7 @@ fn magic() {
 
 #[test]
 fn header_size() {
+    golden_or_skip!();
     for size in [-8, 0, 4, 12, 130, MAX_HEADER_SIZE as i32 + 8, i32::MAX] {
         let mut bytes = golden_model("llama-q40");
         set_i32(&mut bytes, 4, size);
@@ -99,6 +106,7 @@ fn header_size() {
 
 #[test]
 fn unknown_key() {
+    golden_or_skip!();
     let mut bytes = golden_model("qwen3-q40");
     set_i32(&mut bytes, 8 + 8 * 3, 22);
     assert_eq!(
@@ -120,6 +128,7 @@ fn unknown_key() {
 
 #[test]
 fn weight_type() {
+    golden_or_skip!();
     // Replacing the weight type key by a second version key leaves no weight type.
     let mut bytes = golden_model("llama-q40");
     let at = value_offset(&bytes, HeaderKey::WeightFloatType);
@@ -137,6 +146,7 @@ fn weight_type() {
 
 #[test]
 fn epsilon() {
+    golden_or_skip!();
     let bytes = with_value("qwen3-q40", HeaderKey::NormEpsilon, 7);
     let err = parse_err(&bytes);
     assert_eq!(err, ModelHeaderError::UnsupportedEpsilon { code: 7 });
@@ -148,6 +158,7 @@ fn epsilon() {
 
 #[test]
 fn zero_and_invalid_values() {
+    golden_or_skip!();
     for (key, field) in [
         (HeaderKey::Dim, "dim"),
         (HeaderKey::NLayers, "n_layers"),
@@ -204,6 +215,7 @@ fn zero_and_invalid_values() {
 
 #[test]
 fn inconsistent_dims() {
+    golden_or_skip!();
     let cases = [
         ("llama-q40", HeaderKey::NHeads, 7),   // 192 % 7 and no head_dim
         ("llama-q40", HeaderKey::NKvHeads, 5), // 12 % 5
@@ -230,6 +242,7 @@ fn inconsistent_dims() {
 
 #[test]
 fn file_shorter_or_longer_than_the_header_implies() {
+    golden_or_skip!();
     let bytes = golden_model("qwen3moe-q40");
     let header = ModelHeader::parse(&bytes).unwrap();
     let len = bytes.len() as u64;
@@ -266,6 +279,7 @@ fn file_shorter_or_longer_than_the_header_implies() {
 
 #[test]
 fn sizes_beyond_u64_or_the_tensor_cap() {
+    golden_or_skip!();
     let mut bytes = golden_model("llama-f32");
     for (key, value) in [
         (HeaderKey::VocabSize, i32::MAX),
@@ -337,6 +351,7 @@ fn quantized_rows_must_be_whole_blocks() {
 
 #[test]
 fn node_split_errors() {
+    golden_or_skip!();
     // The golden models: 6 kv heads do not split over 4 or 5 nodes.
     let bytes = golden_model("llama-q40");
     let header = ModelHeader::parse(&bytes).unwrap();
@@ -423,6 +438,7 @@ fn node_split_errors() {
 
 #[test]
 fn params_round_trip_through_a_golden_header() {
+    golden_or_skip!();
     // The golden qwen3moe header, rebuilt from params, describes the same model (the golden
     // files put norm_epsilon before head_dim; convert-hf.py's order is the other way round).
     let bytes = golden_model("qwen3moe-q40");

@@ -1,4 +1,8 @@
 //! `.t` tokenizer file: the golden files, round trips, malformed input and the fuzz oracle.
+#[macro_use]
+#[path = "../../tests/golden_support/mod.rs"]
+mod golden_support;
+
 use airllama_io::tokenizer_file::{
     AirllamaExtension, EXTENSION_MAGIC, Token, TokenType, TokenizerFile, TokenizerFileError,
     VocabKind, fuzz_parse,
@@ -13,6 +17,7 @@ fn golden(variant: &str) -> Vec<u8> {
 
 #[test]
 fn golden_tokenizers_parse_and_rewrite_byte_identically() {
+    golden_or_skip!();
     for variant in ["llama-q40", "llama-f32", "qwen3-q40", "qwen3moe-q40"] {
         let bytes = golden(variant);
         let t = TokenizerFile::parse(&bytes).unwrap();
@@ -203,6 +208,7 @@ fn old_header_format_is_read() {
 
 #[test]
 fn fuzz_oracle_over_seeds_and_mutations() {
+    golden_or_skip!();
     let seeds = [golden("llama-q40"), smollm_like().to_bytes().unwrap()];
     let mut state = 12345u64;
     let mut next = || {

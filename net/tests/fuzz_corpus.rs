@@ -3,6 +3,10 @@
 //! Always: every seed is present and decodes, and every file in those folders (seeds and
 //! whatever a fuzzer added) runs through its oracle without a panic.
 
+#[macro_use]
+#[path = "../../tests/golden_support/mod.rs"]
+mod golden_support;
+
 mod common;
 
 use std::fs;
@@ -73,6 +77,7 @@ fn seed_files() -> Vec<(&'static str, String, Vec<u8>)> {
 
 #[test]
 fn seed_corpora_are_present_and_decode() {
+    golden_or_skip!();
     let write = std::env::var_os("AIRLLAMA_WRITE_NET_CORPUS").is_some();
     let mut total = 0usize;
     for (target, name, bytes) in seed_files() {

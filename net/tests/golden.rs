@@ -2,6 +2,10 @@
 //! the result against the layout the recording tool wrote into `manifest.json`, and that every
 //! message re-encodes to the recorded bytes.
 
+#[macro_use]
+#[path = "../../tests/golden_support/mod.rs"]
+mod golden_support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +57,7 @@ fn sync_name(t: SyncType) -> &'static str {
 
 #[test]
 fn every_root_stream_decodes_and_matches_the_manifest() {
+    golden_or_skip!();
     let mut checked = 0;
     for dir in scenarios() {
         let manifest: Value =
@@ -218,6 +223,7 @@ fn every_root_stream_decodes_and_matches_the_manifest() {
 
 #[test]
 fn forward_control_packets_are_checked_against_the_configs() {
+    golden_or_skip!();
     let dir = golden_root().join("llama-q40/2nodes");
     let to = fs::read(dir.join("w0_c0_root.to_worker.bin")).unwrap();
     let got = root_stream(&to).unwrap();

@@ -4,6 +4,10 @@
 //! instead of computing puts the recorded output slices into its pipes. Every byte the worker
 //! sends must equal the recording, in order, and every weight record must land at its op.
 
+#[macro_use]
+#[path = "../../tests/golden_support/mod.rs"]
+mod golden_support;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -233,26 +237,31 @@ fn replay(scenario: &str, w: u32, sessions: usize) {
 
 #[test]
 fn replay_two_nodes_q40_twice_on_one_listener() {
+    golden_or_skip!();
     replay("llama-q40/2nodes", 0, 2);
 }
 
 #[test]
 fn replay_two_nodes_f32_batch1() {
+    golden_or_skip!();
     replay("llama-f32/2nodes-batch1", 0, 1);
 }
 
 #[test]
 fn replay_three_nodes_worker0_connects_to_worker1() {
+    golden_or_skip!();
     replay("qwen3moe-q40/3nodes", 0, 1);
 }
 
 #[test]
 fn replay_three_nodes_worker1_accepts_worker0() {
+    golden_or_skip!();
     replay("llama-f32/3nodes", 1, 1);
 }
 
 #[test]
 fn replay_long_session() {
+    golden_or_skip!();
     replay("qwen3moe-q40/2nodes-long", 0, 1);
 }
 
@@ -262,6 +271,7 @@ fn replay_long_session() {
 /// it receives against the recording.
 #[test]
 fn root_and_worker_both_on_this_transport() {
+    golden_or_skip!();
     use airllama_net::transport::Network;
     use airllama_net::{ControlPacket, NetConfig, NodeConfig, WeightMessage};
 
@@ -356,6 +366,7 @@ fn root_and_worker_both_on_this_transport() {
 /// Every recorded worker stream (all variants and scenarios, both workers of 3 nodes).
 #[test]
 fn replay_every_recorded_worker() {
+    golden_or_skip!();
     let mut n = 0;
     let root = golden("");
     let mut dirs: Vec<_> = fs::read_dir(&root)
