@@ -40,6 +40,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `airllama … | head`: a closed stdout ends the process quietly, never with a panic.
+    cli::output::install_broken_pipe_hook();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => cli::inspect::run(args),

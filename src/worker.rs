@@ -143,10 +143,16 @@ pub fn serve(options: &WorkerOptions, log: &mut dyn FnMut(&str)) -> Result<(), L
         })?;
     listener.set_timeout(options.net_timeout);
     listener.set_allowed(options.allow.clone());
+    // The bound port, not the asked one: with port 0 the OS picks it, and the log is the only
+    // place a user (or a script) can learn it.
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(options.port);
     log(&format!(
         "listening on {}:{} ({} thread(s), kernels: {})",
         options.host,
-        options.port,
+        port,
         options.n_threads,
         options.backend.isa()
     ));

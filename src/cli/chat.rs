@@ -1,41 +1,107 @@
 //! `airllama chat`: a conversation over stdin, as `dllama chat`: the first line is the system
 //! prompt (may be empty), every further non-empty line is a user message; the answer streams
-//! until an end-of-turn token or stop text. The KV cache is kept across turns (each turn's
-//! prompt is evaluated from where the previous answer ended). End of input ends the session
-//! cleanly (the workers get the stop packet).
-use std::io::{BufRead, Write};
+//! until an end-of-turn token or stop text, `--max-tokens`, or Ctrl-C. The KV cache is kept
+//! across turns (each turn's prompt is evaluated from where the previous answer ended). End of
+//! input ends the session cleanly (the workers get the stop packet).
+//!
+//! Ctrl-C while an answer streams stops that answer and returns to the prompt; a second Ctrl-C
+//! before the answer has stopped, or Ctrl-C at the prompt, ends the program (dying of SIGINT,
+//! as a shell expects). Input that is not UTF-8 is decoded with replacement characters, so a
+//! stray byte costs one character, not the session.
+use std::ffi::c_int;
+use std::io::BufRead;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
 
 use airllama::chat_template::{ChatMessage, ChatRole, ChatTemplate, ChatTemplateKind};
 use airllama::root::{Step, prefill};
 use airllama::tokenizer::StreamDecoder;
 use anyhow::Context;
 
-use super::inference::{RootArgs, Session, start};
+use super::inference::{RootArgs, Session, say, start};
+use super::output::write_out;
 
 /// Flags of `airllama chat`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub root: RootArgs,
+    /// Most tokens per reply (default: until the end of the turn or of the context), as
+    /// llama.cpp's `-n`.
+    #[arg(long, short = 'n', alias = "n-predict", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: Option<u32>,
 }
 
 fn prompt(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{text}");
-    let _ = out.flush();
+    write_out(text);
 }
 
-/// Reads one line without its line break; `None` at end of input.
+/// Reads one line without its line break, invalid UTF-8 replaced by U+FFFD; `None` at end of
+/// input.
 fn read_line(input: &mut dyn BufRead) -> anyhow::Result<Option<String>> {
-    let mut line = String::new();
-    if input.read_line(&mut line).context("reading stdin")? == 0 {
+    let mut bytes = Vec::new();
+    if input
+        .read_until(b'\n', &mut bytes)
+        .context("reading stdin")?
+        == 0
+    {
         return Ok(None);
     }
-    while line.ends_with('\n') || line.ends_with('\r') {
-        line.pop();
+    while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        bytes.pop();
     }
-    Ok(Some(line))
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// What Ctrl-C does now: [`AT_PROMPT`] ends the program, [`ANSWERING`] asks the answer to
+/// stop (and moves to [`STOPPING`]), [`STOPPING`] (a second Ctrl-C) ends the program.
+static INTERRUPT: AtomicU8 = AtomicU8::new(AT_PROMPT);
+const AT_PROMPT: u8 = 0;
+const ANSWERING: u8 = 1;
+const STOPPING: u8 = 2;
+
+/// The SIGINT handler: only atomics, `signal`, `raise` and `write`, all async-signal-safe.
+extern "C" fn on_interrupt(signal: c_int) {
+    if INTERRUPT
+        .compare_exchange(ANSWERING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        return;
+    }
+    // SAFETY: async-signal-safe calls with a static buffer; with the default action restored
+    // the raised SIGINT ends the process once this handler returns.
+    unsafe {
+        let newline = b"\n";
+        libc::write(1, newline.as_ptr().cast(), 1);
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+/// Installs [`on_interrupt`] for SIGINT, unless SIGINT was ignored when the process started
+/// (a background job): then Ctrl-C cannot reach it anyway.
+fn install_interrupt_handler() -> anyhow::Result<()> {
+    // SAFETY: reads the current action into a zeroed struct (the new-action pointer is null),
+    // then installs a fully initialised one whose handler is async-signal-safe.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old) != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading the SIGINT action");
+        }
+        if old.sa_sigaction == libc::SIG_IGN {
+            return Ok(());
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_interrupt as extern "C" fn(c_int) as usize;
+        // SA_RESTART: a read or a socket wait that the signal lands in resumes.
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("installing the SIGINT handler");
+        }
+    }
+    Ok(())
 }
 
 /// Holds back generated text that could be the start of a stop string (an eos token's text
@@ -80,6 +146,19 @@ impl StopText {
     }
 }
 
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// An end-of-turn token or stop text.
+    Turn,
+    /// Ctrl-C.
+    Interrupted,
+    /// `--max-tokens`.
+    MaxTokens,
+    /// The context is full.
+    Context,
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Session {
@@ -89,6 +168,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } = start(&args.root)?;
     let kind = ChatTemplateKind::resolve(args.root.chat_template, tokenizer.chat_template())
         .context("choosing the chat template (pass --chat-template)")?;
+    let source = if args.root.chat_template.is_some() {
+        "--chat-template"
+    } else {
+        "detected from the tokenizer"
+    };
+    say(&format!("💬 Chat template: {kind} ({source})"));
     let piece_text =
         |id: u32| String::from_utf8_lossy(tokenizer.piece(id).unwrap_or_default()).into_owned();
     let stops: Vec<String> = tokenizer
@@ -103,10 +188,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let vocab = tokenizer.vocab_size();
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
+    install_interrupt_handler()?;
 
     prompt("💻 System prompt (optional): ");
     let Some(system) = read_line(&mut input)? else {
-        println!();
+        prompt("\n");
         root.finish()?;
         return Ok(ExitCode::SUCCESS);
     };
@@ -121,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             prompt("\n👱 User\n> ");
             match read_line(&mut input)? {
                 None => {
-                    println!();
+                    prompt("\n");
                     break 'session;
                 }
                 Some(line) if line.is_empty() => continue,
@@ -134,15 +220,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let tokens = tokenizer
             .encode(&rendered.text, pos == 0, true)
             .context("encoding the chat prompt")?;
-        if tokens.is_empty() {
+        let Some(&last) = tokens.last() else {
             continue;
-        }
+        };
         if u64::from(pos) + tokens.len() as u64 > u64::from(seq_len) {
-            println!("\n(end of context)");
+            prompt("\n(end of context)\n");
             break;
         }
+        INTERRUPT.store(ANSWERING, Ordering::Release);
+        let started = Instant::now();
         pos = prefill(&mut root, pos, &tokens, &mut |_: Step| {})?;
-        let mut token = tokens[tokens.len() - 1];
+        let prefilled = Instant::now();
+        let mut token = last;
         decoder.reset();
         let mut stop = StopText {
             stops: stops.clone(),
@@ -152,8 +241,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(public) = &rendered.public_prompt {
             prompt(public);
         }
-        let mut ended = false;
-        while pos < seq_len {
+        let mut generated: u32 = 0;
+        let ended = loop {
+            if INTERRUPT.load(Ordering::Acquire) == STOPPING {
+                break Ended::Interrupted;
+            }
+            if args.max_tokens.is_some_and(|max| generated >= max) {
+                break Ended::MaxTokens;
+            }
+            if pos >= seq_len {
+                break Ended::Context;
+            }
             root.forward(pos, &[token])?;
             let logits = root.logits_mut()?;
             let logits = logits
@@ -161,9 +259,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("fewer logits than tokens")?;
             token = sampler.sample(logits).context("sampling")?;
             pos += 1;
+            generated += 1;
             if tokenizer.is_eos(token) {
-                ended = true;
-                break;
+                break Ended::Turn;
             }
             let piece = decoder
                 .decode(&tokenizer, token)
@@ -172,15 +270,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (text, found) = stop.push(&piece);
             prompt(&text);
             if found {
-                ended = true;
-                break;
+                break Ended::Turn;
             }
-        }
+        };
+        INTERRUPT.store(AT_PROMPT, Ordering::Release);
         let rest = stop.flush();
         prompt(&rest);
         prompt(decoder.finish());
-        if !ended || pos >= seq_len {
-            println!("\n(end of context)");
+        match ended {
+            Ended::Interrupted => prompt("\n(stopped by Ctrl-C; Ctrl-C at the prompt quits)"),
+            Ended::MaxTokens => prompt(&format!(
+                "\n(stopped at --max-tokens {})",
+                args.max_tokens.unwrap_or_default()
+            )),
+            Ended::Turn | Ended::Context => {}
+        }
+        if args.root.verbose {
+            let decode = prefilled.elapsed().as_secs_f64();
+            let rate = if decode > 0.0 {
+                f64::from(generated) / decode
+            } else {
+                0.0
+            };
+            prompt(&format!(
+                "\n(prompt: {} tokens in {} ms; reply: {generated} tokens, {rate:.2} tokens/s; \
+                 context: {pos} of {seq_len})",
+                tokens.len(),
+                (prefilled - started).as_millis()
+            ));
+        }
+        if ended == Ended::Context || pos >= seq_len {
+            prompt("\n(end of context)\n");
             break;
         }
     }

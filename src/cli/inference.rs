@@ -1,6 +1,5 @@
 //! `airllama inference`: run one prompt through the root (and its workers), as `dllama
 //! inference` does, printing a line per forward and dllama's summary.
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,7 +10,9 @@ use airllama::sampler::Sampler;
 use airllama::shared_storage::TableSource;
 use airllama::tokenizer::{StreamDecoder, Tokenizer};
 use airllama::worker::available_memory;
+use airllama_io::model::ModelHeader;
 use airllama_kernels::backend::Backend;
+use airllama_kernels::block::FloatType;
 use airllama_net::PeerAddress;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,9 +26,10 @@ pub struct RootArgs {
     /// The `.t` tokenizer file.
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Float type of the synchronised activations: f32 or q80 (Q40 models need q80).
-    #[arg(long, default_value = "f32", value_parser = parse_sync_type)]
-    pub buffer_float_type: SyncFloatType,
+    /// Float type of the synchronised activations: f32 or q80 (default: what the model's
+    /// weights need: q80 for Q40 weights, f32 for F32 weights).
+    #[arg(long, value_parser = parse_sync_type)]
+    pub buffer_float_type: Option<SyncFloatType>,
     /// Worker addresses, `host:port` each, in node order.
     #[arg(long, num_args = 1.., value_parser = parse_worker)]
     pub workers: Vec<PeerAddress>,
@@ -37,15 +39,16 @@ pub struct RootArgs {
     /// Cap on the context length (0 = the model's).
     #[arg(long, default_value_t = 0)]
     pub max_seq_len: u32,
-    /// Sampling temperature (0 = argmax).
-    #[arg(long, default_value_t = 0.8)]
+    /// Sampling temperature (0 = argmax; at least 0).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true, value_parser = parse_temperature)]
     pub temperature: f32,
-    /// Top-p (nucleus) threshold.
-    #[arg(long, default_value_t = 0.9)]
+    /// Top-p (nucleus) threshold, 0..=1 (0 or 1: sample from the whole distribution).
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = parse_topp)]
     pub topp: f32,
-    /// Random seed (default: the current Unix time in seconds, as dllama).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Random seed; -1 = random, as in llama.cpp (default: the current Unix time in seconds,
+    /// as dllama).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    pub seed: Option<Seed>,
     /// Chat template: llama2, llama3, deepSeek3 or chatml (default: detected from the
     /// tokenizer).
     #[arg(long)]
@@ -97,6 +100,113 @@ pub fn max_memory(flag: Option<u64>) -> u64 {
     flag.map_or(available, |m| m.min(available))
 }
 
+/// `--seed`: a fixed value, or `-1` for one drawn when the run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    /// This seed.
+    Fixed(u64),
+    /// A seed from the clock's nanoseconds and the process id, printed so the run can be
+    /// repeated.
+    Random,
+}
+
+fn parse_seed(value: &str) -> Result<Seed, String> {
+    if value.trim() == "-1" {
+        return Ok(Seed::Random);
+    }
+    value.trim().parse::<u64>().map(Seed::Fixed).map_err(|_| {
+        format!(
+            "invalid seed {value:?} (expected 0..={} or -1 for random)",
+            u64::MAX
+        )
+    })
+}
+
+fn parse_temperature(value: &str) -> Result<f32, String> {
+    match value.trim().parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!(
+            "invalid temperature {value:?} (expected a number >= 0; 0 always takes the most likely token)"
+        )),
+    }
+}
+
+fn parse_topp(value: &str) -> Result<f32, String> {
+    match value.trim().parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "invalid top-p {value:?} (expected a number from 0 to 1; 0 or 1 turn nucleus sampling off)"
+        )),
+    }
+}
+
+/// The seed a run uses: `--seed`, a random one for `-1`, else the Unix time in seconds (as
+/// dllama).
+pub fn resolve_seed(seed: Option<Seed>) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    match seed {
+        Some(Seed::Fixed(s)) => s,
+        Some(Seed::Random) => {
+            // SplitMix64 of the clock's nanoseconds and the pid: two runs started in the same
+            // second still differ.
+            let mut z = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32);
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        None => now.as_secs(),
+    }
+}
+
+/// The buffer float type a model's weights run with: q80 for Q40 weights (dllama has no
+/// F32 × Q40 matmul), f32 for F32 weights (and no F32 × Q80 one).
+pub fn sync_type_for(weights: FloatType) -> SyncFloatType {
+    match weights {
+        FloatType::Q40 => SyncFloatType::Q80,
+        _ => SyncFloatType::F32,
+    }
+}
+
+/// What can be checked from the model's header before gigabytes of weights are read: the
+/// buffer float type (chosen when not given), and the tokenizer's vocabulary against the
+/// model's logits. A header that cannot be read is left to the root, whose error names it.
+fn check_before_loading(args: &RootArgs, tokenizer: &Tokenizer) -> anyhow::Result<SyncFloatType> {
+    let header = std::fs::File::open(&args.model)
+        .ok()
+        .and_then(|mut f| ModelHeader::read_from(&mut f).ok());
+    let Some(header) = header else {
+        return Ok(args.buffer_float_type.unwrap_or(SyncFloatType::F32));
+    };
+    let c = header.config();
+    let sync = match args.buffer_float_type {
+        None => sync_type_for(c.weight_type),
+        Some(SyncFloatType::Q80) if c.weight_type == FloatType::F32 => anyhow::bail!(
+            "{} has F32 weights, which run only with f32 buffers (dllama has no F32 x Q80 matmul): \
+             drop --buffer-float-type q80 or pass --buffer-float-type f32",
+            args.model.display()
+        ),
+        Some(SyncFloatType::F32) if c.weight_type == FloatType::Q40 => anyhow::bail!(
+            "{} has Q40 weights, which run only with q80 buffers (dllama has no F32 x Q40 matmul): \
+             drop --buffer-float-type f32 or pass --buffer-float-type q80",
+            args.model.display()
+        ),
+        Some(s) => s,
+    };
+    let model_vocab = c.vocab_size as usize;
+    anyhow::ensure!(
+        tokenizer.vocab_size() <= model_vocab,
+        "tokenizer file {} has {} tokens, more than the {model_vocab} logits of model {} (is it \
+         the tokenizer of another model?)",
+        args.tokenizer.display(),
+        tokenizer.vocab_size(),
+        args.model.display()
+    );
+    Ok(sync)
+}
+
 fn parse_sync_type(value: &str) -> Result<SyncFloatType, String> {
     SyncFloatType::from_flag(value)
         .ok_or_else(|| format!("invalid buffer float type {value:?} (expected f32 or q80)"))
@@ -129,6 +239,10 @@ pub struct Args {
     /// Last position to run to (prompt included; capped by the context length).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub steps: u32,
+    /// Print only one JSON object at the end (the prompt, the generated text and tokens, and
+    /// the summary's numbers) instead of the live log and dllama's summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A started root with its tokenizer and sampler.
@@ -138,22 +252,36 @@ pub struct Session {
     pub sampler: Sampler,
 }
 
-/// Writes a line to stdout and flushes it (the output is a live log).
+/// Writes a line to stdout and flushes it (the output is a live log); a closed stdout ends
+/// the process quietly (see [`super::output`]).
 pub fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    super::output::say(line);
 }
 
 /// Loads the tokenizer, starts the root (workers, configs, weights) and builds the sampler.
 pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
     // The tokenizer's errors name the file.
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
+    let sync_type = check_before_loading(args, &tokenizer)?;
     let backend = Backend::detect();
+    let seed = resolve_seed(args.seed);
+    // dllama's sampler covers the tokenizer's vocabulary; built before the weights load so a
+    // bad flag is refused at once.
+    let sampler = Sampler::new(
+        backend,
+        tokenizer.vocab_size(),
+        args.temperature,
+        args.topp,
+        seed,
+    )
+    .context("--temperature / --topp")?;
+    if args.seed == Some(Seed::Random) {
+        say(&format!("🎲 Seed: {seed}"));
+    }
     let options = RootOptions {
         model: args.model.clone(),
         workers: args.workers.clone(),
-        sync_type: args.buffer_float_type,
+        sync_type,
         max_seq_len: args.max_seq_len,
         n_threads: args.nthreads as usize,
         turbo: args.net_turbo == 1,
@@ -272,21 +400,6 @@ pub fn start(args: &RootArgs) -> anyhow::Result<Session> {
         args.tokenizer.display(),
         tokenizer.vocab_size()
     );
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
-    // dllama's sampler covers the tokenizer's vocabulary.
-    let sampler = Sampler::new(
-        backend,
-        tokenizer.vocab_size(),
-        args.temperature,
-        args.topp,
-        seed,
-    )
-    .context("--temperature / --topp")?;
     Ok(Session {
         root,
         tokenizer,
@@ -307,6 +420,9 @@ pub fn forward_line(kind: &str, stats: &airllama::root::ForwardStats) -> String 
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.json {
+        super::output::set_quiet();
+    }
     let Session {
         mut root,
         tokenizer,
@@ -324,15 +440,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut decode_error = None;
     let verbose = args.root.verbose;
+    let mut generated_text = String::new();
+    let mut generated_tokens = Vec::new();
     let mut on_step = |step: Step| match step {
         Step::Eval { batch, stats } => say(&format!(
             "🔷️ {} | ({batch} tokens)",
             forward_line("Eval", &stats)
         )),
         Step::Pred { token, stats, .. } => {
+            generated_tokens.push(token);
             let piece = match decoder.decode(&tokenizer, token) {
                 Ok("") => "~".to_string(),
-                Ok(p) => p.to_string(),
+                Ok(p) => {
+                    generated_text.push_str(p);
+                    p.to_string()
+                }
                 Err(e) => {
                     decode_error.get_or_insert(e.to_string());
                     "~".to_string()
@@ -349,8 +471,56 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(e) = decode_error {
         eprintln!("warning: {e}");
     }
-    print_summary(&summary, 32);
+    if args.json {
+        generated_text.push_str(decoder.finish());
+        super::output::write_json(&summary_json(
+            &summary,
+            &args.prompt,
+            &prompt,
+            &generated_text,
+            &generated_tokens,
+        ));
+    } else {
+        print_summary(&summary, 32);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run as JSON: what was asked and generated, and the numbers of [`print_summary`].
+fn summary_json(
+    s: &Summary,
+    prompt: &str,
+    prompt_tokens: &[u32],
+    text: &str,
+    tokens: &[u32],
+) -> serde_json::Value {
+    let ms_per = |n: u32, time: std::time::Duration| {
+        if n == 0 {
+            0.0
+        } else {
+            time.as_secs_f64() * 1000.0 / f64::from(n)
+        }
+    };
+    serde_json::json!({
+        "prompt": prompt,
+        "prompt_tokens": prompt_tokens,
+        "text": text,
+        "tokens": tokens,
+        "evaluation": {
+            "tokens": s.eval_tokens,
+            "tokens_per_s": Summary::rate(s.eval_tokens, s.eval_time),
+            "ms_per_token": ms_per(s.eval_tokens, s.eval_time),
+        },
+        "prediction": {
+            "tokens": s.pred_tokens,
+            "tokens_per_s": Summary::rate(s.pred_tokens, s.pred_time),
+            "ms_per_token": ms_per(s.pred_tokens, s.pred_time),
+        },
+        "network": {
+            "sent_bytes": s.sent,
+            "received_bytes": s.received,
+        },
+    })
 }
 
 /// dllama's summary, plus the network bytes per token.

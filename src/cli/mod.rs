@@ -7,5 +7,6 @@ pub mod convert;
 pub mod gen_model;
 pub mod inference;
 pub mod inspect;
+pub mod output;
 pub mod replay;
 pub mod worker;

@@ -1,18 +1,19 @@
 //! `airllama worker`: serve a dllama root as a worker node (drop-in for `dllama worker`).
-use std::io::Write;
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 
 use airllama::streaming::{StreamingOptions, parse_size};
 use airllama::worker::{WorkerOptions, serve};
 use airllama_kernels::backend::Backend;
+use anyhow::Context;
 
 /// Flags of this subcommand (dllama's names and defaults).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// IPv4 address to listen on.
+    /// IPv4 address or host name (e.g. localhost) to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
-    /// TCP port to listen on.
+    /// TCP port to listen on (0: one the OS picks, printed in the "listening on" line).
     #[arg(long, default_value_t = 9990)]
     pub port: u16,
     /// Threads per op (at least 1).
@@ -63,12 +64,33 @@ fn parse_allowed(text: &str) -> Result<airllama_net::allow::AllowedNet, String> 
     })
 }
 
+/// `--host` as the IPv4 address the listener binds: an address as given, a name (localhost)
+/// resolved to its first IPv4 address (dllama's wire protocol carries IPv4 peers only).
+fn resolve_host(host: &str) -> anyhow::Result<String> {
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(host.to_string());
+    }
+    let addresses = (host, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("--host {host}: cannot resolve it"))?;
+    addresses
+        .filter_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => Some(v4.ip().to_string()),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .next()
+        .with_context(|| {
+            format!("--host {host}: it has no IPv4 address (the dllama protocol is IPv4 only)")
+        })
+}
+
 /// Runs the subcommand: serves until the port cannot be bound.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let backend = Backend::detect();
+    let host = resolve_host(&args.host)?;
     let limit = std::env::var("AIRLLAMA_ISA").ok();
     let options = WorkerOptions {
-        host: args.host,
+        host,
         port: args.port,
         n_threads: args.nthreads as usize,
         turbo: args.net_turbo == 1,
@@ -99,11 +121,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             model.display()
         );
     }
-    let mut log = |line: &str| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    };
+    // A closed stdout ends the worker quietly (see `output`).
+    let mut log = |line: &str| super::output::say(line);
     match limit {
         Some(l) => log(&format!(
             "CPU kernels: {} (AIRLLAMA_ISA={l})",
