@@ -1450,7 +1450,7 @@ pub mod synthetic {
     use std::path::Path;
 
     use airllama_io::layout::ModelLayout;
-    use airllama_io::model::{ArchType, HiddenAct, ModelParams};
+    use airllama_io::model::{ArchType, HiddenAct, ModelHeader, ModelParams};
     use airllama_kernels::block::FloatType;
 
     /// The shape of a synthetic llama.
@@ -1532,22 +1532,40 @@ pub mod synthetic {
         }
     }
 
+    /// The header and layout of a model with `params`: what [`write_model`] writes, known
+    /// before a byte is written (so a command can state the size, or refuse it, first).
+    pub fn plan_model(params: &ModelParams) -> io::Result<(ModelHeader, ModelLayout)> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let header = params.to_header().map_err(|e| invalid(e.to_string()))?;
+        // Find the file size the layout wants by asking it (it names the right size).
+        let layout = match ModelLayout::new(&header, header.header_size()) {
+            Ok(l) => l,
+            Err(airllama_io::layout::LayoutError::FileTooShort { expected, .. }) => {
+                ModelLayout::new(&header, expected).map_err(|e| invalid(e.to_string()))?
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        Ok((header, layout))
+    }
+
     /// Writes a model with `params` and weights from `seed` to `path`; returns its size. Each
     /// tensor is written as the layout table lists it, so the file is exactly what
     /// [`ModelLayout::new`] expects.
     pub fn write_model(path: &Path, params: &ModelParams, seed: u64) -> io::Result<u64> {
-        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let header = params.to_header().map_err(|e| invalid(e.to_string()))?;
-        let mut file_size = header.header_size();
-        // Find the file size the layout wants by asking it (it names the right size).
-        let layout = match ModelLayout::new(&header, file_size) {
-            Ok(l) => l,
-            Err(airllama_io::layout::LayoutError::FileTooShort { expected, .. }) => {
-                file_size = expected;
-                ModelLayout::new(&header, file_size).map_err(|e| invalid(e.to_string()))?
-            }
-            Err(e) => return Err(invalid(e.to_string())),
-        };
+        write_model_with_progress(path, params, seed, &mut |_| {})
+    }
+
+    /// [`write_model`], calling `progress` with the bytes written so far after each chunk
+    /// (a few MB), so a multi-gigabyte model can show how far it is.
+    pub fn write_model_with_progress(
+        path: &Path,
+        params: &ModelParams,
+        seed: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<u64> {
+        let (header, layout) = plan_model(params)?;
+        let file_size = layout.file_size();
+        let mut written = header.header_size();
         let file = std::fs::File::create(path)?;
         let mut out = io::BufWriter::with_capacity(8 << 20, file);
         header.write_to(&mut out)?;
@@ -1596,6 +1614,8 @@ pub mod synthetic {
                 }
                 out.write_all(buf)?;
                 left -= n as u64;
+                written += n as u64;
+                progress(written);
             }
         }
         out.flush()?;

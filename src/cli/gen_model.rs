@@ -1,15 +1,22 @@
 //! `airllama gen-model`: write a synthetic `.m` model (random weights of a chosen shape) for
 //! streaming tests and benchmarks, without downloading anything.
 //!
+//! The shape is checked before anything is written: the header must be valid, airllama must be
+//! able to run the model, and the file (its size printed first) must fit in the free space
+//! where it goes. A progress bar on stderr shows the write.
+//!
 //! The model is written to `<output>.partial` and renamed when complete; an error, Ctrl-C or
 //! `kill` removes the partial file (see [`super::cleanup`]), so a truncated model never sits
 //! under the requested name.
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use airllama::streaming::synthetic::{LlamaShape, write_model};
+use airllama::graph::{GraphParams, LlmGraph, check_dllama_root_limits};
+use airllama::streaming::synthetic::{LlamaShape, plan_model, write_model_with_progress};
 use airllama_kernels::block::FloatType;
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::cleanup::PartialOutputs;
 
@@ -51,6 +58,52 @@ pub struct Args {
     pub seed: u64,
 }
 
+/// Bytes in binary units, as `inspect` prints them.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Bytes free to an unprivileged writer on the file system that will hold `path` (`None`
+/// when it cannot be told).
+fn free_space(path: &Path) -> Option<u64> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a NUL-terminated path and `stat` a zeroed struct statvfs fills.
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut stat) != 0 {
+            return None;
+        }
+        stat
+    };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// One line describing the shape, for people (not Rust's `Debug`).
+fn describe(shape: &LlamaShape, weights: FloatType) -> String {
+    format!(
+        "llama, dim {}, hidden dim {}, {} layers, {} heads, {} KV heads, vocab {}, context {}, {} weights",
+        shape.dim,
+        shape.hidden_dim,
+        shape.n_layers,
+        shape.n_heads,
+        shape.n_kv_heads,
+        shape.vocab_size,
+        shape.seq_len,
+        weights.name()
+    )
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut shape = match args.preset.as_str() {
@@ -83,15 +136,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "f32" => FloatType::F32,
         other => anyhow::bail!("unknown weight type {other:?} (q40, f32)"),
     };
+    let what = describe(&shape, weight_type);
+    // Everything is checked before the file is created: the header, the layout (and so the
+    // size), and that airllama can run the model on one node.
+    let params = shape.params(weight_type);
+    let (header, layout) = plan_model(&params)
+        .map_err(|e| anyhow::anyhow!("cannot write a model of this shape ({what}): {e}"))?;
+    let sync = super::inference::sync_type_for(weight_type);
+    let graph_params = GraphParams::dllama(1, sync, 0);
+    check_dllama_root_limits(header.config(), &graph_params)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| LlmGraph::build(&header, graph_params).map_err(anyhow::Error::from))
+        .with_context(|| format!("airllama could not run a model of this shape ({what})"))?;
+    let size = layout.file_size();
+    if let Some(free) = free_space(&args.output) {
+        anyhow::ensure!(
+            size <= free,
+            "a model of this shape ({what}) takes {} ({size} bytes), more than the {} free \
+             where {} would go",
+            human(size),
+            human(free),
+            args.output.display()
+        );
+    }
+    eprintln!(
+        "writing {}: {} ({size} bytes): {what}",
+        args.output.display(),
+        human(size)
+    );
     let mut outputs = PartialOutputs::new()?;
     let partial = outputs.add(&args.output)?;
-    let size = write_model(&partial, &shape.params(weight_type), args.seed)
-        .with_context(|| format!("writing {}", partial.display()))?;
-    outputs.commit()?;
-    println!(
-        "wrote {} ({} bytes): {shape:?}, {weight_type:?} weights",
-        args.output.display(),
-        size
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let written = write_model_with_progress(&partial, &params, args.seed, &mut |done| {
+        bar.set_position(done)
+    })
+    .with_context(|| format!("writing {}", partial.display()))?;
+    bar.finish_and_clear();
+    outputs.commit()?;
+    super::output::say(&format!(
+        "wrote {} ({} bytes): {what}",
+        args.output.display(),
+        written
+    ));
     Ok(ExitCode::SUCCESS)
 }
