@@ -88,6 +88,17 @@ pub enum ReplayError {
         /// The worker's output so far.
         log: String,
     },
+    /// Another process already listens on the worker's port: a replay against it would test
+    /// that process, not the worker this harness starts.
+    #[error(
+        "port {port} is already in use by another process{owner}: pick another --port, or leave it out for a free one"
+    )]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// ` (pid N, name)` when the owner could be found.
+        owner: String,
+    },
     /// A loopback socket operation failed before the streams started.
     #[error("{what}: {source}")]
     Socket {
@@ -467,16 +478,116 @@ fn split_command(cmd: &str) -> Option<Vec<String>> {
 /// True when something listens on TCP `port` (IPv4, any address), read from `/proc/net/tcp`.
 /// Connecting to find out is not an option: the worker would take the probe for its root.
 pub fn port_is_listening(port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
+    !listening_inodes(port).is_empty()
+}
+
+/// The socket inodes listening on TCP `port` (IPv4 and IPv6, any address), from
+/// `/proc/net/tcp{,6}`.
+fn listening_inodes(port: u16) -> Vec<u64> {
     let want = format!("{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let mut cols = line.split_whitespace();
-        let local = cols.nth(1).unwrap_or("");
-        let state = cols.nth(1).unwrap_or("");
-        state == "0A" && local.rsplit(':').next() == Some(want.as_str())
-    })
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            if *state == "0A"
+                && local.rsplit(':').next() == Some(want.as_str())
+                && let Ok(inode) = inode.parse::<u64>()
+            {
+                inodes.push(inode);
+            }
+        }
+    }
+    inodes
+}
+
+/// The socket inodes open in process `pid` and its descendants (a `--worker-cmd` may be a
+/// wrapper: a shell, `env`, `taskset`), from `/proc/<pid>/fd`.
+fn process_tree_sockets(pid: u32) -> Vec<u64> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    // Children of each process found so far, from every process's parent pid.
+    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // The command name is in parentheses and may hold spaces: the fields after it.
+            let after = stat.rsplit_once(')')?.1;
+            let ppid = after.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    while let Some(&parent) = pids.get(i) {
+        for &(p, ppid) in &all {
+            if ppid == parent && !pids.contains(&p) {
+                pids.push(p);
+            }
+        }
+        i += 1;
+    }
+    let mut sockets = Vec::new();
+    for p in pids {
+        for fd in std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok())
+            {
+                sockets.push(inode);
+            }
+        }
+    }
+    sockets
+}
+
+/// Who listens on `port`: ` (pid N, name)` when a process's open sockets show it (only
+/// processes this user may inspect), else empty.
+fn port_owner(port: u16) -> String {
+    let inodes = listening_inodes(port);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let owns = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|t| {
+                inodes
+                    .iter()
+                    .any(|i| t.to_str() == Some(format!("socket:[{i}]").as_str()))
+            });
+        if owns {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return format!(" (pid {pid}, {})", name.trim());
+        }
+    }
+    String::new()
+}
+
+/// True when the listening socket on `port` belongs to process `pid` (or a descendant).
+fn listening_in(port: u16, pid: u32) -> bool {
+    let inodes = listening_inodes(port);
+    !inodes.is_empty() && {
+        let own = process_tree_sockets(pid);
+        inodes.iter().any(|i| own.contains(i))
+    }
 }
 
 /// A port that was free a moment ago (the OS picks it; the socket is closed again).
@@ -787,9 +898,20 @@ pub fn replay(scenario: &Scenario, options: &ReplayOptions) -> Result<ReplayRepo
         Some(p) => p,
         None => free_port()?,
     };
+    // A port another process holds would have the session played against that process (and
+    // the worker started here fail to bind, unseen).
+    if port_is_listening(port) {
+        return Err(ReplayError::PortTaken {
+            port,
+            owner: port_owner(port),
+        });
+    }
     let deadline = Instant::now() + options.timeout;
     let mut worker = WorkerProcess::start(options, port)?;
-    while !port_is_listening(port) {
+    let pid = worker.child.id();
+    // Listening must be the worker started here (or a process it started): another process
+    // may have taken the port since the check above.
+    while !listening_in(port, pid) {
         let exited = worker.exited();
         if exited.is_some() || Instant::now() > deadline {
             let seconds = options.timeout.as_secs();
