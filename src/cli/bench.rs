@@ -8,7 +8,7 @@
 //! `--tokens` timed one-token forwards at positions `1..=T` with deterministic token ids. The
 //! numbers are what a user's decode would see on this machine, disk and page cache included.
 use std::fs::File;
-use std::io::{BufReader, IsTerminal, Write};
+use std::io::{BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -67,6 +67,10 @@ pub struct Args {
     /// Print every timed step (and its streaming statistics).
     #[arg(long)]
     pub verbose: bool,
+    /// Print one JSON object with every result (model, cpu, load, decode times, streaming
+    /// and disk numbers) instead of the text lines, as `llama-bench -o json` does.
+    #[arg(long, conflicts_with = "verbose")]
+    pub json: bool,
 }
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
@@ -80,11 +84,7 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 
 /// Writes a line to stdout and flushes it, above the progress bar if one is drawn.
 fn say(bar: &ProgressBar, line: &str) {
-    bar.suspend(|| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    });
+    bar.suspend(|| super::output::say(line));
 }
 
 /// A progress bar on stderr when it is a terminal, hidden otherwise (logs and pipes get the
@@ -181,11 +181,21 @@ fn measure_disk(path: &Path, seconds: f64) -> anyhow::Result<(f64, String)> {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use serde_json::{Value, json};
     let path = &args.model;
     let hidden = ProgressBar::hidden();
+    // With --json the text lines are left out and the same numbers gathered into `report`.
+    let json_out = args.json;
+    let say = |bar: &ProgressBar, line: &str| {
+        if !json_out {
+            say(bar, line);
+        }
+    };
+    let mut report = json!({"model": path.display().to_string()});
     let disk = if args.disk {
         let (rate, line) = measure_disk(path, args.disk_seconds)?;
         say(&hidden, &line);
+        report["disk_bytes_per_s"] = json!(rate);
         Some(rate)
     } else {
         None
@@ -260,6 +270,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &format!("cpu: {}, {} thread(s)", backend.isa(), args.nthreads),
     );
     say(&hidden, &format!("load: {:.0} ms", ms(load_time)));
+    report["arch"] = json!(format!("{:?}", c.arch));
+    report["weights"] = json!(c.weight_type.name());
+    report["dim"] = json!(c.dim);
+    report["hidden_dim"] = json!(c.hidden_dim);
+    report["layers"] = json!(c.n_layers);
+    report["heads"] = json!(c.n_heads);
+    report["kv_heads"] = json!(c.n_kv_heads);
+    report["vocab"] = json!(c.vocab_size);
+    report["seq_len"] = json!(c.seq_len);
+    report["cpu"] = json!(backend.isa().name());
+    report["threads"] = json!(args.nthreads);
+    report["load_ms"] = json!(ms(load_time));
+    report["mem_budget"] = json!(args.mem_budget);
+    report["streaming"] = match root.streamer() {
+        Some(s) => json!(s.describe()),
+        None => Value::Null,
+    };
     match (root.streamer(), args.mem_budget) {
         (Some(s), _) => say(&hidden, &s.describe()),
         (None, Some(budget)) => say(
@@ -334,6 +361,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ms(times.iter().max().copied().unwrap_or_default()),
         ),
     );
+    report["decode"] = json!({
+        "tokens": n,
+        "seconds": total.as_secs_f64(),
+        "tokens_per_s": f64::from(n) / total.as_secs_f64().max(f64::MIN_POSITIVE),
+        "ms_per_token": {
+            "median": ms(median(&times)),
+            "mean": ms(total / n.max(1)),
+            "min": ms(times.iter().min().copied().unwrap_or_default()),
+            "max": ms(times.iter().max().copied().unwrap_or_default()),
+        },
+    });
     if let Some(t) = totals {
         let wall = t.forward_time;
         let in_flight = if wall.is_zero() {
@@ -351,6 +389,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
         );
         let decode_rate = gb_per_s(t.bytes_read, wall);
+        report["stream"] = json!({
+            "bytes_read": t.bytes_read,
+            "units_read": t.units_read,
+            "read_gb_per_s": decode_rate,
+            "read_gb_per_s_in_flight": gb_per_s(t.bytes_read, t.read_time),
+            "compute_ms": ms(t.compute_time()),
+            "io_wait_ms": ms(t.io_wait),
+            "reads_in_flight_fraction": in_flight,
+            "disk_fraction": disk.map(|d| if d > 0.0 { decode_rate * 1e9 / d } else { 0.0 }),
+        });
         say(
             &hidden,
             &format!(
@@ -386,6 +434,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &hidden,
             "disk use: nothing streamed (every weight resident), so the decode reads no weights",
         );
+    }
+    if json_out {
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        super::output::write_out(&text);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,17 +30,27 @@ pub struct Args {
     /// Where the identity table is cached (default: as `inference --shared-storage`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Print one JSON object (file, header keys, model, tensors, and with --nodes each node's
+    /// share) instead of the text report.
+    #[arg(long, conflicts_with = "identity")]
+    pub json: bool,
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    print!("{}", render(&args)?);
+    let text = if args.json {
+        let mut text = serde_json::to_string_pretty(&render_json(&args)?)?;
+        text.push('\n');
+        text
+    } else {
+        render(&args)?
+    };
+    super::output::write_out(&text);
     Ok(ExitCode::SUCCESS)
 }
 
-/// The whole report as text.
-fn render(args: &Args) -> anyhow::Result<String> {
-    let path = &args.model;
+/// The header and layout of `args.model`, read as [`render`] reads them.
+fn open_layout(path: &std::path::Path) -> anyhow::Result<(ModelHeader, ModelLayout, u64)> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_size = file
         .metadata()
@@ -50,6 +60,85 @@ fn render(args: &Args) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not a valid .m model", path.display()))?;
     let layout = ModelLayout::new(&header, file_size)
         .with_context(|| format!("{}: tensors do not match the file", path.display()))?;
+    Ok((header, layout, file_size))
+}
+
+/// The report as one JSON value: the same facts as the text, with numbers as numbers, for
+/// scripts (as `llama-bench -o json` is).
+fn render_json(args: &Args) -> anyhow::Result<serde_json::Value> {
+    use serde_json::{Value, json};
+    let (header, layout, file_size) = open_layout(&args.model)?;
+    let c = layout.config();
+    let keys: Vec<Value> = header
+        .pairs()
+        .iter()
+        .map(|&(key, value)| json!({"key": key.name(), "code": key.code(), "value": value}))
+        .collect();
+    let tensors: Vec<Value> = layout
+        .tensors()
+        .iter()
+        .map(|t| {
+            json!({
+                "layer": t.layer,
+                "tensor": tensor_name(t),
+                "type": t.float_type.name(),
+                "rows": t.rows,
+                "cols": t.cols,
+                "offset": t.offset,
+                "bytes": t.size,
+                "split": split_name(t.split()),
+            })
+        })
+        .collect();
+    let mut report = json!({
+        "file": args.model.display().to_string(),
+        "file_size": file_size,
+        "header_size": header.header_size(),
+        "header": keys,
+        "model": {
+            "arch": c.arch.name(),
+            "weights": c.weight_type.name(),
+            "dim": c.dim,
+            "layers": c.n_layers,
+            "heads": c.n_heads,
+            "kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim,
+            "q_dim": c.q_dim,
+            "kv_dim": c.kv_dim,
+            "ffn_dim": c.ffn_dim(),
+            "hidden_dim": c.hidden_dim,
+            "experts": c.n_experts,
+            "active_experts": c.n_active_experts,
+            "vocab": c.vocab_size,
+            "seq_len": c.seq_len,
+            "hidden_act": c.hidden_act.name(),
+            "rope": c.rope_type.name(),
+            "rope_theta": c.rope_theta,
+            "norm_epsilon": c.norm_epsilon.value(),
+        },
+        "tensors": tensors,
+    });
+    if let Some(n_nodes) = args.nodes {
+        let split = layout
+            .node_split(n_nodes)
+            .with_context(|| format!("the model cannot be split over {n_nodes} nodes"))?;
+        let nodes: Vec<Value> = (0..n_nodes)
+            .map(|node| {
+                let (count, bytes) = split
+                    .node_slices(node)
+                    .fold((0u64, 0u64), |(c, b), s| (c + 1, b + s.bytes.total_bytes()));
+                json!({"node": node, "tensors": count, "bytes": bytes})
+            })
+            .collect();
+        report["nodes"] = Value::Array(nodes);
+    }
+    Ok(report)
+}
+
+/// The whole report as text.
+fn render(args: &Args) -> anyhow::Result<String> {
+    let path = &args.model;
+    let (header, layout, file_size) = open_layout(path)?;
 
     let mut out = String::new();
     writeln!(
@@ -341,6 +430,11 @@ fn human(bytes: u64) -> String {
 }
 
 #[cfg(test)]
+#[macro_use]
+#[path = "../../tests/golden_support/mod.rs"]
+mod golden_support;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -352,11 +446,13 @@ mod tests {
 
     #[test]
     fn inspects_a_golden_model_with_node_slices() {
+        golden_or_skip!();
         let args = Args {
             model: golden("qwen3moe-q40"),
             nodes: Some(3),
             identity: false,
             cache_dir: None,
+            json: false,
         };
         let text = render(&args).unwrap();
         assert!(text.contains("arch_type (1)"), "{text}");
@@ -370,11 +466,13 @@ mod tests {
 
     #[test]
     fn refuses_a_bad_split_and_a_missing_file() {
+        golden_or_skip!();
         let args = Args {
             model: golden("llama-q40"),
             nodes: Some(4),
             identity: false,
             cache_dir: None,
+            json: false,
         };
         let err = format!("{:#}", render(&args).unwrap_err());
         assert!(
@@ -386,6 +484,7 @@ mod tests {
             nodes: None,
             identity: false,
             cache_dir: None,
+            json: false,
         };
         assert!(render(&args).is_err());
         let text = render(&Args {
@@ -393,6 +492,7 @@ mod tests {
             nodes: None,
             identity: false,
             cache_dir: None,
+            json: false,
         })
         .unwrap();
         assert!(!text.contains("Node slices"));
@@ -400,12 +500,14 @@ mod tests {
 
     #[test]
     fn prints_the_identity_table_each_node_checks() {
+        golden_or_skip!();
         let dir = std::env::temp_dir().join(format!("airllama-inspect-id-{}", std::process::id()));
         let args = Args {
             model: golden("llama-q40"),
             nodes: Some(3),
             identity: true,
             cache_dir: Some(dir.clone()),
+            json: false,
         };
         let built = render(&args).unwrap();
         assert!(
