@@ -38,6 +38,9 @@ step "no_std build of the kernels (x86_64-unknown-none)" \
   cargo build -p airllama-kernels --no-default-features --target x86_64-unknown-none
 step "no_std build of the wire codec (x86_64-unknown-none)" \
   cargo build -p airllama-net --no-default-features --target x86_64-unknown-none
+# kernels/examples/no_std_matmul: a `#![no_std]` user of the kernels (its own workspace).
+step "no_std example of the kernels (x86_64-unknown-none)" \
+  cargo build --manifest-path kernels/examples/no_std_matmul/Cargo.toml --target x86_64-unknown-none
 
 # Locally a failed download only warns (the real-model tests then print SKIPPED); in CI it fails
 # the step, so the SmolLM2 tests cannot silently drop out of a green run.
