@@ -761,6 +761,7 @@ impl Root {
             }
             network.reset_stats();
         }
+        executor.prepare_weights();
         events(RootEvent::WeightsLoaded {
             elapsed: started.elapsed(),
         });

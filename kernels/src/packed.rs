@@ -46,13 +46,17 @@ pub fn pack_q40x8(rows: &[Q40Block], nb: usize, out: &mut [Q40x8Block]) {
         rows.len(),
         "pack_q40x8: output length"
     );
-    for (g, group) in out.chunks_exact_mut(nb).enumerate() {
-        for (j, packed) in group.iter_mut().enumerate() {
-            for r in 0..ROWS_PER_GROUP {
-                let block = &rows[(g * ROWS_PER_GROUP + r) * nb + j];
+    for (group, rows) in out
+        .chunks_exact_mut(nb)
+        .zip(rows.chunks_exact(nb * ROWS_PER_GROUP))
+    {
+        for r in 0..ROWS_PER_GROUP {
+            for (packed, block) in group.iter_mut().zip(&rows[r * nb..(r + 1) * nb]) {
                 packed.d[r] = block.d;
-                for t in 0..4 {
-                    packed.qs[t][4 * r..4 * r + 4].copy_from_slice(&block.qs[4 * t..4 * t + 4]);
+                let words: [[u8; 4]; 4] = bytemuck::cast(block.qs);
+                for (t, word) in words.into_iter().enumerate() {
+                    let lanes: &mut [[u8; 4]; 8] = bytemuck::cast_mut(&mut packed.qs[t]);
+                    lanes[r] = word;
                 }
             }
         }

@@ -528,11 +528,7 @@ impl Executor {
             }
         }
         let batch = batch as usize;
-        for i in 0..self.ops.len() {
-            if self.interleave[i] && !self.interleaved[i] {
-                self.set_interleaved(i, true);
-            }
-        }
+        self.prepare_weights();
         for step in 0..self.steps.len() {
             match self.steps[step] {
                 Step::Op(i) if !self.streamed[i] && skip(&self.ops[i].name) => {}
@@ -621,6 +617,18 @@ impl Executor {
             .fold((0, 0), |(n, b), (_, w)| (n + 1, b + w.len() as u64))
     }
 
+    /// Rewrites the loaded weights into the layouts the kernels read fastest (see
+    /// [`airllama_kernels::packed`]); the first forward does it if nobody called this after
+    /// loading, but a root that calls it at the end of its load keeps the time out of the
+    /// first token's.
+    pub fn prepare_weights(&mut self) {
+        for i in 0..self.ops.len() {
+            if self.interleave[i] && !self.interleaved[i] {
+                self.set_interleaved(i, true);
+            }
+        }
+    }
+
     /// Keeps every weight in dllama's row layout from now on (the bits of every result are the
     /// same either way; this is for measuring what the interleaved layout gains).
     pub fn keep_row_layout(&mut self) {
@@ -671,22 +679,37 @@ impl Executor {
         };
         let group_bytes = ROWS_PER_GROUP * nb * size_of::<Q40Block>();
         let bytes = &mut self.weights[i].bytes_mut()[..d * nb * size_of::<Q40Block>()];
-        let mut copy = vec![0u8; group_bytes];
-        for group in bytes.chunks_exact_mut(group_bytes) {
-            copy.copy_from_slice(group);
-            if interleave {
-                pack_q40x8(
-                    bytemuck::cast_slice(&copy),
-                    nb,
-                    bytemuck::cast_slice_mut(group),
-                );
-            } else {
-                unpack_q40x8(
-                    bytemuck::cast_slice(&copy),
-                    nb,
-                    bytemuck::cast_slice_mut(group),
-                );
+        // Each thread rewrites its own run of groups (a memory-bound shuffle of the whole
+        // model, so the cores' bandwidth adds up).
+        let groups: Vec<Mutex<&mut [u8]>> = bytes
+            .chunks_exact_mut(group_bytes)
+            .map(Mutex::new)
+            .collect();
+        let n_threads = self.pool.n_threads();
+        let job = |t: usize| {
+            let mut copy = vec![0u8; group_bytes];
+            for g in airllama_kernels::parallel::split_range(groups.len(), n_threads, t) {
+                let mut group = groups[g].lock().unwrap_or_else(|p| p.into_inner());
+                copy.copy_from_slice(&group);
+                if interleave {
+                    pack_q40x8(
+                        bytemuck::cast_slice(&copy),
+                        nb,
+                        bytemuck::cast_slice_mut(&mut group),
+                    );
+                } else {
+                    unpack_q40x8(
+                        bytemuck::cast_slice(&copy),
+                        nb,
+                        bytemuck::cast_slice_mut(&mut group),
+                    );
+                }
             }
+        };
+        if self.pool.run(&job).is_err() {
+            // Only a panic inside the shuffle (a bug) gets here; finish it on this thread so
+            // the flag below stays true to the bytes.
+            (0..n_threads).for_each(job);
         }
         self.interleaved[i] = interleave;
     }

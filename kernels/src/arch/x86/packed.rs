@@ -13,6 +13,12 @@ use crate::quant::f16_to_f32;
 /// store and a reload of an `f32` change no bit).
 const INPUT_CHUNK: usize = 256;
 
+/// Interleaved blocks (144 bytes each) ahead of the one being read that are prefetched: decode
+/// reads each weight once per token, so the kernel runs at the speed its loads come from DRAM;
+/// asking 2.3 KB ahead keeps more lines in flight than the hardware prefetcher alone (A/B on
+/// a 1B model's decode, docs/PERFORMANCE.md).
+const PREFETCH: usize = 16;
+
 /// Row order (dllama's `matmul_Q80_Q40_F32` AVX2 branch, as [`super::matmul::matmul_q80_q40_avx2`]):
 /// per block, lane `r` gets row `r`'s exact integer dot `Σ (code - 8) · x` and
 /// `sum = fma(float(dot), d_w · d_x, sum)`.
@@ -60,6 +66,13 @@ pub(crate) unsafe fn matmul_q80_q40x8_row(
                 };
                 let wg = &w[g * nb + c0..g * nb + c0 + cn];
                 for (l, (wb, xb)) in wg.iter().zip(&x[c0..c0 + cn]).enumerate() {
+                    // A hint only: an address past the end is never dereferenced.
+                    let ahead = (wb as *const Q40x8Block)
+                        .wrapping_add(PREFETCH)
+                        .cast::<i8>();
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
                     let mut pairs = _mm256_setzero_si256();
                     for t in 0..4 {
                         // SAFETY: `qs[t]` is 32 bytes, one unaligned 256-bit load.
