@@ -301,6 +301,7 @@ fn openai_clients_and_the_chat_page_on_a_three_node_cluster() {
     let exit = server.0.wait().unwrap();
     let log = std::fs::read_to_string(&server_log).unwrap();
     assert!(exit.success(), "airllama api exited with {exit}:\n{log}");
+    assert!(log.contains("stopping:"), "no stop line in the log:\n{log}");
     println!("server log: {}", server_log.display());
     drop(workers);
 }

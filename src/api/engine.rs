@@ -169,6 +169,16 @@ impl Engine {
                 (self.log)(format!("{}: client gone while queued; skipped", job.id));
                 continue;
             }
+            // The handlers check this before queueing; a job that slipped through is refused
+            // here rather than met as a root error, which would stop the server.
+            let n = job.tokens.len();
+            if n == 0 || n >= self.root.seq_len() as usize {
+                let _ = job.events.send(Event::Failed(format!(
+                    "a prompt of {n} tokens does not fit a context of {}",
+                    self.root.seq_len()
+                )));
+                continue;
+            }
             self.shared.busy.store(true, Ordering::SeqCst);
             let result = self.run_job(&job);
             self.shared.busy.store(false, Ordering::SeqCst);
@@ -199,21 +209,28 @@ impl Engine {
             n - reuse
         ));
         let _ = job.events.send(Event::Started);
-        let last = match tokens.last() {
-            Some(&t) => t,
-            None => return Err(RootError::Prompt("the prompt encodes to no tokens".into())),
-        };
-        let mut pos = prefill(&mut self.root, reuse as u32, &tokens[reuse..], &mut |_| {})?;
-        self.cached.extend_from_slice(&tokens[reuse..n - 1]);
-        let prefilled = started.elapsed();
-
         let s = &job.sampling;
         let vocab = self.tokenizer.vocab_size();
-        let mut sampler = Sampler::new(self.backend, vocab, s.temperature, s.top_p, s.seed)
-            .map_err(|e| RootError::Sample {
-                position: pos,
-                what: e.to_string(),
-            })?;
+        // The options were validated by the handler; a sampler that still cannot be built is
+        // this request's problem, not the cluster's.
+        let mut sampler = match Sampler::new(self.backend, vocab, s.temperature, s.top_p, s.seed) {
+            Ok(sampler) => sampler,
+            Err(e) => {
+                let _ = job
+                    .events
+                    .send(Event::Failed(format!("sampling options: {e}")));
+                return Ok(());
+            }
+        };
+        // `run` refused empty prompts, and `reuse < n`.
+        let (Some(&last), Some(rest)) = (tokens.last(), tokens.get(reuse..n - 1)) else {
+            let _ = job.events.send(Event::Failed("an empty prompt".into()));
+            return Ok(());
+        };
+        let mut pos = prefill(&mut self.root, reuse as u32, &tokens[reuse..], &mut |_| {})?;
+        self.cached.extend_from_slice(rest);
+        let prefilled = started.elapsed();
+
         let mut stops = self.eos_texts.clone();
         stops.extend(s.stops.iter().cloned());
         let mut stop = StopText::new(stops);
@@ -304,5 +321,18 @@ impl Engine {
         ));
         let _ = job.events.send(Event::Done { finish, usage });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn common_prefix_counts_equal_leading_tokens() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[9], &[1]), 0);
     }
 }

@@ -93,7 +93,7 @@ pub enum ServeError {
     Root(#[from] RootError),
 }
 
-/// Serves until Ctrl-C (or until the cluster fails), then sends the workers the stop packet.
+/// Serves until Ctrl-C or SIGTERM (or until the cluster fails), then sends the workers the stop packet.
 /// The calling thread runs the inference loop; the root never leaves it.
 pub fn serve(root: Root, tokenizer: Tokenizer, options: ServerOptions) -> Result<(), ServeError> {
     let shared = Arc::new(engine::Shared::default());
@@ -149,14 +149,31 @@ pub fn serve(root: Root, tokenizer: Tokenizer, options: ServerOptions) -> Result
                     let local = listener.local_addr();
                     let _ = ready_tx.send(local.map_err(ServeError::Runtime));
                     let shutdown_log = Arc::clone(&log);
+                    // SIGTERM too: that is how service managers and `docker stop` ask.
+                    let mut term = tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    )
+                    .map_err(|e| shutdown_log(format!("SIGTERM is not handled: {e}")))
+                    .ok();
                     let shutdown = async move {
-                        tokio::select! {
-                            _ = tokio::signal::ctrl_c() => {
-                                shared.shutdown.store(true, Ordering::SeqCst);
-                                shutdown_log("Ctrl-C: finishing (the running request is cut short)".into());
+                        let terminated = async {
+                            match term.as_mut() {
+                                Some(t) => {
+                                    t.recv().await;
+                                }
+                                None => std::future::pending::<()>().await,
                             }
-                            _ = stop.notified() => {}
+                        };
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = terminated => {}
+                            _ = stop.notified() => return,
                         }
+                        shared.shutdown.store(true, Ordering::SeqCst);
+                        shutdown_log(
+                            "stopping: the running request is cut short, the workers get the stop packet"
+                                .into(),
+                        );
                     };
                     let served = axum::serve(listener, http::router(app))
                         .with_graceful_shutdown(shutdown)
