@@ -411,6 +411,9 @@ pub fn serve_session(
         )?,
         _ => receive_weights(&mut session, options, &net, &node, &exec_options, log)?,
     };
+    // The root has its acknowledgement (or load result) already: the weights are rewritten
+    // into the kernels' layouts while it finishes its own load, not in the first forward.
+    executor.prepare_weights();
     let verbose = options.streaming.as_ref().is_some_and(|s| s.verbose);
     let mut control = ControlReader::new(options.turbo);
     let mut forwards = 0u64;
