@@ -9,7 +9,9 @@
 //!    disconnect mid-stream, and every kind of bad request with its status code.
 //! 3. `api_support/browser.py` opens the chat page in headless Chromium, sends a message and
 //!    saves a screenshot (`target/tmp/api_server/chat-page.png`).
-//! 4. SIGINT stops the server cleanly.
+//! 4. SIGINT stops the server cleanly; a second server on the same workers answers a request,
+//!    then one worker is killed: the next request gets a 503 naming it and the server exits
+//!    with that error.
 //!
 //! Skipped with one printed line when the GGUF, the venv's `openai` package or Chromium is
 //! missing; under CI (`CI` set) a missing Python package or Chromium is a failure instead,
@@ -165,6 +167,42 @@ fn missing(what: &str) {
     println!("{line}");
 }
 
+/// Starts `airllama api` with the test's flags on a free port, its output in `log`; returns
+/// once it listens (after loading the weights).
+fn api_server(root: &[String], log: &Path) -> (Process, u16) {
+    let port = free_port();
+    let file = std::fs::File::create(log).unwrap();
+    let mut server = Process(
+        Command::new(env!("CARGO_BIN_EXE_airllama"))
+            .arg("api")
+            .args(root)
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--queue", &QUEUE.to_string(), "--max-body", "1M"])
+            .args(["--model-name", "smollm2"])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn airllama api"),
+    );
+    wait_listening(&mut server.0, port, "airllama api", log);
+    (server, port)
+}
+
+/// POSTs `body` to `url` with `api_support/request.py`; returns "STATUS BODY".
+fn post(python: &Path, url: &str, body: &str) -> String {
+    let output = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api_support/request.py"
+        ))
+        .args([url, body])
+        .output()
+        .expect("run request.py");
+    assert!(output.status.success(), "request.py failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 fn run_script(python: &Path, script: &str, args: &[&str]) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api_support/");
     let status = Command::new(python)
@@ -226,24 +264,8 @@ fn openai_clients_and_the_chat_page_on_a_three_node_cluster() {
     println!("inference: {COMPLETION_PROMPT}{completion_text}");
     println!("inference (chat): {chat_text:?}");
 
-    // The server.
-    let port = free_port();
     let server_log = out.join("server.log");
-    let file = std::fs::File::create(&server_log).unwrap();
-    let mut server = Process(
-        Command::new(env!("CARGO_BIN_EXE_airllama"))
-            .arg("api")
-            .args(&root)
-            .args(["--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--queue", &QUEUE.to_string(), "--max-body", "1M"])
-            .args(["--model-name", "smollm2"])
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn airllama api"),
-    );
-    wait_listening(&mut server.0, port, "airllama api", &server_log);
+    let (mut server, port) = api_server(&root, &server_log);
     let base = format!("http://127.0.0.1:{port}");
     let expected = serde_json::json!({
         "model_id": "smollm2",
@@ -303,5 +325,35 @@ fn openai_clients_and_the_chat_page_on_a_three_node_cluster() {
     assert!(exit.success(), "airllama api exited with {exit}:\n{log}");
     assert!(log.contains("stopping:"), "no stop line in the log:\n{log}");
     println!("server log: {}", server_log.display());
+
+    // A worker that dies: the request meeting it gets a 503 naming a worker (the dead one, or
+    // the live one that lost its peer first, whichever the root hears from first), and the
+    // server exits with that error instead of answering from a broken cluster.
+    let dies_log = out.join("server-worker-dies.log");
+    let (mut server, port) = api_server(&root, &dies_log);
+    let url = format!("http://127.0.0.1:{port}/v1/completions");
+    let request = r#"{"prompt": "Hello", "max_tokens": 2, "temperature": 0}"#;
+    let answer = post(&python, &url, request);
+    assert!(answer.starts_with("200 "), "{answer}");
+    let mut workers = workers;
+    let (dead, _) = workers.remove(0);
+    drop(dead);
+    let answer = post(&python, &url, request);
+    println!("after a worker died: {answer}");
+    // (Ephemeral ports all have five digits, so no address is a prefix of another.)
+    let names_a_worker = |text: &str| addresses.iter().any(|a| text.contains(a.as_str()));
+    assert!(
+        answer.starts_with("503 ")
+            && answer.contains("the cluster failed")
+            && names_a_worker(&answer),
+        "{answer}"
+    );
+    let exit = server.0.wait().unwrap();
+    let log = std::fs::read_to_string(&dies_log).unwrap();
+    assert!(
+        !exit.success(),
+        "airllama api went on after its worker died:\n{log}"
+    );
+    assert!(names_a_worker(&log), "{log}");
     drop(workers);
 }

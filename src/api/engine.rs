@@ -121,6 +121,22 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// An error and its causes on one line (a root error's own text is only "root node"; the
+/// worker and the failed operation are in its sources).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}
+
 /// Length of the common prefix of two token lists.
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -185,8 +201,11 @@ impl Engine {
             if let Err(e) = result {
                 // The KV cache may hold a half-written forward.
                 self.cached.clear();
-                let _ = job.events.send(Event::Failed(e.to_string()));
-                (self.log)(format!("{}: the cluster failed: {e}", job.id));
+                let why = with_causes(&e);
+                let _ = job
+                    .events
+                    .send(Event::Failed(format!("the cluster failed: {why}")));
+                (self.log)(format!("{}: the cluster failed: {why}", job.id));
                 return Err(e);
             }
         }
