@@ -14,9 +14,22 @@ identical bytes at any shape (`airllama gen-model` writes random models of any s
   last two ids (so `airllama convert gguf` keeps the true bos for dllama). A prompt of N lowercase
   letters and spaces encodes to about one token per character. `--vocab-from X.gguf` copies the
   `tokenizer.*` keys of a real GGUF instead (same vocabulary size required).
+* Token order: when a GGUF's token order breaks dllama's rule (special tokens must hold the
+  highest ids; SmolLM2's 17 control tokens are ids 0..=16), `airllama convert gguf` renumbers
+  the tokens, moves the embedding and classifier rows with them, and records the renumbering (an
+  id map, "AIRLLIDS") in the `.t` file it writes with the `.m`. With `--vocab-from`, this script
+  reads that map from the `.t` (`--tokenizer T.t`, default: the `.t` beside the `.m`) and puts
+  the rows of `token_embd.weight` and `output.weight` back at the GGUF's token ids, so the GGUF
+  is consistent with the copied vocabulary. It checks that the `.t` holds exactly that
+  vocabulary under the map, and refuses when the vocabulary would be renumbered but no `.t` is
+  found (`--rows-in-gguf-order` if the `.m`'s rows are already in the GGUF's order: a
+  `gen-model` model, or a `.m` converted before the renumbering). When the GGUF of
+  `--vocab-from` holds an embedding of the same shape (the model the `.m` came from), the written
+  embedding is compared with it row by row, which catches a wrong or missing map.
 
 After writing, the GGUF is read back with `gguf.GGUFReader` and every tensor is compared byte for
-byte with its `.m` region (skip with --no-verify).
+byte with its `.m` region, rows put back by the id map compared row by row (skip with
+--no-verify).
 
 `--compare A.m B.m` compares the tensors of two `.m` files (e.g. a model and its round trip through
 this script and `airllama convert gguf`). The converter dequantizes and re-quantizes Q40 with
@@ -27,10 +40,12 @@ the original, so the only change is the converter's, not this script's.
 
 Usage (numpy and the PyPI `gguf` package, e.g. in a venv under .cache/):
     python3 -m venv .cache/venv && .cache/venv/bin/pip install gguf numpy
-    .cache/venv/bin/python scripts/gen-gguf.py model.m model.gguf [--vocab-from real.gguf]
+    .cache/venv/bin/python scripts/gen-gguf.py model.m model.gguf [--vocab-from real.gguf
+        [--tokenizer model.t | --rows-in-gguf-order]]
     .cache/venv/bin/python scripts/gen-gguf.py --compare model.m roundtrip.m
 """
 import argparse
+import os
 import struct
 import sys
 
@@ -49,6 +64,15 @@ KEYS = {
 F32, Q40 = 0, 2
 Q40_BYTES = 18
 BLOCK = 32
+# The `.t` file (io/src/tokenizer_file.rs): magics, the header keys this script reads, the id map.
+TOKENIZER_MAGIC, OLD_TOKENIZER_MAGIC = 0x567124, 0x567123
+T_VOCAB_SIZE, T_CHAT_TEMPLATE, T_CHAT_STOP, T_N_EOS = 1, 7, 8, 9
+ID_MAP_MAGIC = b"AIRLLIDS"
+ID_MAP_VERSION = 1
+# GGUF token types that dllama must see as special (control, user-defined).
+SPECIAL_TYPES = (3, 4)
+# The tensors whose rows are token ids.
+TOKEN_ROWS = ("embedding", "classifier")
 
 
 class ModelError(Exception):
@@ -181,15 +205,19 @@ def synthetic_vocab(n):
     return tokens, scores, types
 
 
-def copy_vocab(writer, src_path, n):
-    from gguf import GGUFReader, GGUFValueType
-    r = GGUFReader(src_path)
-    fields = {k: f for k, f in r.fields.items() if k.startswith("tokenizer.")}
+def source_vocab(reader, src_path, n):
+    """The `tokenizer.*` fields of the --vocab-from GGUF, checked against the model's size."""
+    fields = {k: f for k, f in reader.fields.items() if k.startswith("tokenizer.")}
     toks = fields.get("tokenizer.ggml.tokens")
     if toks is None:
         raise ModelError(f"{src_path}: no tokenizer.ggml.tokens")
     if len(toks.data) != n:
         raise ModelError(f"{src_path}: {len(toks.data)} tokens, the model has {n}")
+    return fields
+
+
+def copy_vocab(writer, fields):
+    from gguf import GGUFValueType
     for key, f in fields.items():
         main = f.types[0]
         if main == GGUFValueType.ARRAY:
@@ -198,9 +226,227 @@ def copy_vocab(writer, src_path, n):
             writer.add_key_value(key, f.contents(), main)
 
 
-def write_gguf(m_path, out_path, vocab_from=None, name=None):
+def converter_renumbers(fields):
+    """Whether `airllama convert gguf` renumbers this vocabulary: a port of the test in
+    `convert::VocabOrder::for_dllama` (io/src/convert/tokenizer.rs). The special tokens
+    (control, user-defined, and bos) go to the last ids, bos first; nothing moves when they
+    are there already, or when the GGUF has no token types."""
+    tt = fields.get("tokenizer.ggml.token_type")
+    if tt is None:
+        return False
+    types = np.asarray(tt.contents())
+    n = types.size
+    bos_f = fields.get("tokenizer.ggml.bos_token_id")
+    bos = int(bos_f.contents()) if bos_f is not None else None
+    special = np.isin(types, SPECIAL_TYPES)
+    if bos is not None and 0 <= bos < n:
+        special[bos] = False
+    others = np.flatnonzero(special).tolist()
+    specials = ([bos] if bos is not None and 0 <= bos < n else []) + others
+    k = len(specials)
+    if k == 0 or k == n:
+        return False
+    return specials != list(range(n - k, n))
+
+
+def read_tokenizer(path):
+    """A `.t` file's tokens (raw bytes, by id) and airllama's id map: `source[id]` is the
+    token's GGUF id, or None when the file records no renumbering (`TokenizerFile::parse` and
+    `source_ids` in io/src/tokenizer_file.rs)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+
+    def take(n, what):
+        nonlocal pos
+        if n < 0 or pos + n > len(data):
+            raise ModelError(f"{path}: truncated while reading {what}")
+        pos += n
+        return data[pos - n:pos]
+
+    def i32(what):
+        return struct.unpack("<i", take(4, what))[0]
+
+    magic = i32("magic") & 0xFFFFFFFF
+    stop_lens, template_len, n_eos = [], 0, 0
+    if magic == OLD_TOKENIZER_MAGIC:
+        vocab_size = i32("header")
+        take(16, "header")
+    elif magic == TOKENIZER_MAGIC:
+        size = i32("header size")
+        if size < 8 or (size - 8) % 8 or size > 8 + 8 * 1024:
+            raise ModelError(f"{path}: bad tokenizer header size {size}")
+        keys = {}
+        for _ in range((size - 8) // 8):
+            key, value = struct.unpack("<ii", take(8, "header"))
+            if key == T_CHAT_STOP:
+                stop_lens.append(value)
+            else:
+                keys[key] = value
+        vocab_size = keys.get(T_VOCAB_SIZE, 0)
+        template_len = max(keys.get(T_CHAT_TEMPLATE, 0), 0)
+        n_eos = keys.get(T_N_EOS, 0)
+    else:
+        raise ModelError(f"{path}: not a dllama tokenizer file (magic {magic:#x})")
+    if vocab_size <= 0:
+        raise ModelError(f"{path}: vocabulary size {vocab_size}")
+    regions = [take(n, "chat stop region") for n in stop_lens]
+    take(template_len, "chat template")
+    take(4 * n_eos, "eos ids")
+    tokens = []
+    for _ in range(vocab_size):
+        _score, length = struct.unpack("<fI", take(8, "token"))
+        tokens.append(take(length, "token bytes"))
+    if pos != len(data):
+        raise ModelError(f"{path}: {len(data) - pos} bytes after the vocabulary")
+    maps = [r for r in regions if r.startswith(ID_MAP_MAGIC)]
+    return tokens, (id_map(path, maps[0], vocab_size) if maps else None)
+
+
+def id_map(path, region, n):
+    """The AIRLLIDS region (u32 version, u32 count, (u32 id in the file, u32 GGUF id) x count)
+    as the GGUF id of every file id, checked to be a permutation."""
+    if len(region) < 16:
+        raise ModelError(f"{path}: truncated id map")
+    version, count = struct.unpack_from("<II", region, 8)
+    if version != ID_MAP_VERSION:
+        raise ModelError(f"{path}: id map version {version} (this script reads {ID_MAP_VERSION})")
+    if count > n or len(region) != 16 + 8 * count:
+        raise ModelError(f"{path}: id map count {count} differs from its length")
+    pairs = np.frombuffer(region, dtype="<u4", offset=16).reshape(count, 2).astype(np.int64)
+    if count and (pairs.max() >= n or np.unique(pairs[:, 0]).size != count):
+        raise ModelError(f"{path}: id map entry out of range or repeated")
+    source = np.arange(n, dtype=np.int64)
+    source[pairs[:, 0]] = pairs[:, 1]
+    if np.unique(source).size != n:
+        raise ModelError(f"{path}: id map is not a permutation")
+    return source
+
+
+def gguf_token_bytes(fields):
+    """The raw bytes of every GGUF token, as `airllama convert gguf` stores them in the `.t`:
+    GPT-2 byte-level strings through the inverse byte-to-unicode table, SentencePiece strings
+    with U+2581 as a space and <0xXX> as that byte (io/src/convert/tokenizer.rs)."""
+    model_f = fields.get("tokenizer.ggml.model")
+    model = model_f.contents() if model_f is not None else None
+    strings = fields["tokenizer.ggml.tokens"].contents()
+    if model == "gpt2":
+        printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+        table = {chr(b): bytes([b]) for b in printable}
+        rest = [b for b in range(256) if chr(b) not in table]
+        table.update({chr(0x100 + i): bytes([b]) for i, b in enumerate(rest)})
+        return [b"".join(table.get(c) or c.encode() for c in s) for s in strings]
+    if model == "llama":
+        out = []
+        for s in strings:
+            raw = s.encode()
+            if (len(raw) == 6 and raw.startswith(b"<0x") and raw.endswith(b">")
+                    and all(c in b"0123456789abcdefABCDEF" for c in raw[3:5])):
+                out.append(bytes([int(raw[3:5], 16)]))
+                continue
+            out.append(s.replace("\u2581", " ").encode())
+        return out
+    raise ModelError(f"tokenizer model {model!r}: `airllama convert gguf` writes no .t for it")
+
+
+def row_order(m_path, src_path, fields, t_path, rows_in_gguf_order):
+    """Where each GGUF token's embedding and classifier row is in the `.m`: `file_of[gguf_id]`,
+    or None when the rows are in the GGUF's order; and a sentence saying how that was decided."""
+    if rows_in_gguf_order:
+        return None, "rows taken in the GGUF's token order (--rows-in-gguf-order)"
+    beside = os.path.splitext(m_path)[0] + ".t"
+    found = t_path is None and os.path.isfile(beside)
+    if found:
+        t_path = beside
+    if t_path is None:
+        if converter_renumbers(fields):
+            raise ModelError(
+                f"{src_path}'s token order breaks dllama's rule (special tokens last), so "
+                f"`airllama convert gguf` renumbers its tokens and moves the embedding and "
+                f"classifier rows with them; the .t written with {m_path} records how. Give "
+                f"it with --tokenizer T.t (there is no {beside}), or --rows-in-gguf-order if "
+                f"the .m's rows are in the GGUF's order (a gen-model model, or a .m converted "
+                f"before the renumbering)")
+        return None, None
+    tokens, source = read_tokenizer(t_path)
+    want = gguf_token_bytes(fields)
+    n = len(want)
+    if len(tokens) != n:
+        raise ModelError(f"{t_path}: {len(tokens)} tokens, {src_path} has {n}")
+    ids = source if source is not None else np.arange(n)
+    for f in range(n):
+        if tokens[f] != want[ids[f]]:
+            raise ModelError(
+                f"{t_path}{' (found beside the .m)' if found else ''} does not hold "
+                f"{src_path}'s vocabulary: its token {f} is {tokens[f]!r}, GGUF token "
+                f"{ids[f]} is {want[ids[f]]!r}" + (
+                    "; give the .t written with the .m (--tokenizer T.t), or "
+                    "--rows-in-gguf-order" if found else ""))
+    moved = 0 if source is None else int(np.count_nonzero(source != np.arange(n)))
+    if moved == 0:
+        return None, f"{t_path}: tokens at their GGUF ids, rows in the GGUF's order"
+    file_of = np.empty(n, dtype=np.int64)
+    file_of[source] = np.arange(n)
+    return file_of, (f"{moved} of {n} token ids renumbered by the converter ({t_path}): their "
+                     f"embedding and classifier rows put back at the GGUF's ids")
+
+
+def embedding_match(reader, emb, chunk=4096):
+    """Rows of `emb` (the embedding in the GGUF's token order) equal to the --vocab-from GGUF's
+    own embedding, dequantized (the converter writes exactly those values), or None when that
+    GGUF has no embedding of this shape."""
+    from gguf.quants import dequantize
+    src = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    rows, cols = emb.shape
+    if src is None or [int(x) for x in src.shape] != [cols, rows]:
+        return None
+    data = np.asarray(src.data).reshape(rows, -1)
+    same = 0
+    for s in range(0, rows, chunk):
+        ref = dequantize(data[s:s + chunk], src.tensor_type).reshape(-1, cols)
+        got = np.asarray(emb[s:s + chunk], dtype=np.float32)
+        tol = 1e-6 * np.abs(ref).max(axis=1)
+        same += int(np.count_nonzero(np.abs(got - ref).max(axis=1) <= tol))
+    return same
+
+
+def write_gguf(m_path, out_path, vocab_from=None, name=None, tokenizer=None,
+               rows_in_gguf_order=False):
+    """Writes the GGUF; returns the header, the layout, the `.m` bytes, the row order
+    (`file_of[gguf_id]`, None when rows stay in place) and sentences for the summary."""
     import gguf
+    if tokenizer and rows_in_gguf_order:
+        raise ModelError("--tokenizer and --rows-in-gguf-order exclude each other")
     c, tensors, data = open_model(m_path)
+    notes = []
+    order = None
+    if vocab_from:
+        reader = gguf.GGUFReader(vocab_from)
+        fields = source_vocab(reader, vocab_from, c["vocab_size"])
+        order, note = row_order(m_path, vocab_from, fields, tokenizer, rows_in_gguf_order)
+        if note:
+            notes.append(note)
+    elif tokenizer or rows_in_gguf_order:
+        raise ModelError("--tokenizer and --rows-in-gguf-order go with --vocab-from (the "
+                         "synthetic vocabulary has no token order to restore)")
+    arrays = {}
+    for t in tensors:
+        arr = tensor_array(data, t)
+        if order is not None and t[1] in TOKEN_ROWS:
+            arr = arr[order]
+        arrays[t[0]] = arr
+    if vocab_from:
+        same = embedding_match(reader, arrays["token_embd.weight"])
+        n = c["vocab_size"]
+        if same is not None and 0 < same < n:
+            why = ("is the .t the one written with it?" if order is not None else
+                   "was it renumbered by the converter? give the .t written with it, "
+                   "--tokenizer T.t")
+            raise ModelError(
+                f"{n - same} of {n} embedding rows differ from {vocab_from}'s own embedding and "
+                f"{same} are equal: the rows of {m_path} are not in its token order ({why})")
+        if same == n:
+            notes.append(f"embedding equal to {vocab_from}'s (dequantized) at all {n} token ids")
     w = gguf.GGUFWriter(out_path, "llama")
     w.add_name(name or m_path.rsplit("/", 1)[-1].removesuffix(".m"))
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if c["weight_type"] == Q40
@@ -219,7 +465,7 @@ def write_gguf(m_path, out_path, vocab_from=None, name=None):
         w.add_key_length(c["head_dim"])
         w.add_value_length(c["head_dim"])
     if vocab_from:
-        copy_vocab(w, vocab_from, c["vocab_size"])
+        copy_vocab(w, fields)
     else:
         tokens, scores, types = synthetic_vocab(c["vocab_size"])
         w.add_tokenizer_model("llama")
@@ -232,7 +478,7 @@ def write_gguf(m_path, out_path, vocab_from=None, name=None):
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
     for t in tensors:
-        arr = tensor_array(data, t)
+        arr = arrays[t[0]]
         if t[4] == Q40:
             w.add_tensor(t[0], arr, raw_dtype=gguf.GGMLQuantizationType.Q4_0)
         else:
@@ -241,11 +487,12 @@ def write_gguf(m_path, out_path, vocab_from=None, name=None):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return c, tensors, data
+    return c, tensors, data, order, notes
 
 
-def verify_gguf(out_path, tensors, data):
-    """Every GGUF tensor is byte-identical to its .m region, with the expected ggml shape."""
+def verify_gguf(out_path, tensors, data, order=None):
+    """Every GGUF tensor is byte-identical to its .m region, with the expected ggml shape; the
+    embedding and classifier row by row through `order` (`file_of[gguf_id]`) when given."""
     import gguf
     r = gguf.GGUFReader(out_path)
     by_name = {t.name: t for t in r.tensors}
@@ -263,8 +510,13 @@ def verify_gguf(out_path, tensors, data):
             raise ModelError(f"{name}: {g.tensor_type.name} {shape}, expected "
                              f"{want_type.name} {want_shape}")
         got = np.asarray(g.data).view(np.uint8).reshape(-1)
-        if got.size != size or not np.array_equal(got, data[off:off + size]):
-            raise ModelError(f"{name}: bytes differ from the .m region at {off}")
+        want = data[off:off + size]
+        if order is not None and role in TOKEN_ROWS and got.size == size:
+            got, want = got.reshape(rows, -1), want.reshape(rows, -1)[order]
+        if got.size != size or not np.array_equal(got, want):
+            raise ModelError(f"{name}: bytes differ from the .m region at {off}"
+                             + (" (rows in the GGUF's token order)" if order is not None
+                                and role in TOKEN_ROWS else ""))
         total += size
     return total
 
@@ -343,6 +595,13 @@ def main():
     p.add_argument("model", help=".m model (or the first .m with --compare)")
     p.add_argument("output", help="GGUF to write (or the second .m with --compare)")
     p.add_argument("--vocab-from", help="copy the tokenizer.* keys of this GGUF")
+    p.add_argument("--tokenizer", metavar="T.t",
+                   help="with --vocab-from: the .t written with the .m; its id map (tokens the "
+                        "converter renumbered) puts the embedding and classifier rows back in "
+                        "the GGUF's token order (default: the .t beside the .m, if any)")
+    p.add_argument("--rows-in-gguf-order", action="store_true",
+                   help="with --vocab-from: the .m's rows are in the GGUF's token order "
+                        "already (gen-model, or a .m converted before the renumbering)")
     p.add_argument("--name", help="general.name (default: the model file's stem)")
     p.add_argument("--no-verify", action="store_true", help="skip the read-back check")
     p.add_argument("--compare", action="store_true",
@@ -351,13 +610,18 @@ def main():
     try:
         if a.compare:
             return compare(a.model, a.output)
-        c, tensors, data = write_gguf(a.model, a.output, a.vocab_from, a.name)
+        c, tensors, data, order, notes = write_gguf(
+            a.model, a.output, a.vocab_from, a.name, a.tokenizer, a.rows_in_gguf_order)
+        for note in notes:
+            print(note)
         msg = (f"wrote {a.output}: llama, dim {c['dim']}, hidden {c['hidden_dim']}, "
                f"{c['n_layers']} layers, {c['n_heads']}/{c['n_kv_heads']} heads, "
                f"vocab {c['vocab_size']}, {len(tensors)} tensors")
         if not a.no_verify:
-            n = verify_gguf(a.output, tensors, data)
+            n = verify_gguf(a.output, tensors, data, order)
             msg += f"; read back: all {n} tensor bytes identical to the .m"
+            if order is not None:
+                msg += " (embedding and classifier rows through the id map)"
         print(msg)
     except ModelError as e:
         print(f"gen-gguf: {e}", file=sys.stderr)
