@@ -258,6 +258,7 @@ impl Engine {
         let mut generated = 0u32;
         let mut token = last;
         let mut finish = Finish::Length;
+        let mut stop_string = false;
         let gone = |job: &Job| {
             job.cancel.load(Ordering::SeqCst)
                 || job.events.is_closed()
@@ -301,11 +302,13 @@ impl Engine {
             }
             if found {
                 finish = Finish::Stop;
+                stop_string = true;
                 break;
             }
         }
-        if finish != Finish::Stop {
-            // Held-back text that never became a stop string belongs to the answer.
+        if !stop_string {
+            // Held-back text that never became a stop string belongs to the answer (also
+            // when an end-of-turn token came right after it).
             let mut rest = stop.flush();
             rest.push_str(decoder.finish());
             if !rest.is_empty() {

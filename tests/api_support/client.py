@@ -161,6 +161,18 @@ r = chat(question, max_tokens=40, temperature=0, stop=" Paris" if " Paris" in an
 check("a stop string in chat", r.choices[0].finish_reason == "stop"
       and answer.startswith(r.choices[0].message.content), repr(r.choices[0].message.content))
 
+# An end-of-turn token: finish_reason "stop" before max_tokens. Text held back because it
+# could have begun a stop string is still sent when the answer ends there.
+short = [{"role": "user", "content": "What is 2+2?"}]
+r = chat(short, max_tokens=60, temperature=0)
+ended = r.choices[0].message.content
+check("an end-of-turn token ends the answer with finish_reason stop",
+      r.choices[0].finish_reason == "stop" and r.usage.completion_tokens < 60 and ended,
+      f"{r.usage.completion_tokens} tokens: {ended!r}")
+r = chat(short, max_tokens=60, temperature=0, stop=[ended[-5:] + "\u0007never"])
+check("text held back for a stop string that never came is sent at the end",
+      r.choices[0].message.content == ended and r.choices[0].finish_reason == "stop", repr(r.choices[0].message.content))
+
 # --- a seed makes temperature > 0 repeatable
 story = [{"role": "user", "content": "Tell me a short story about a cat."}]
 a = chat(story, max_tokens=20, temperature=1.0, top_p=0.95, seed=1234).choices[0].message.content
