@@ -55,8 +55,6 @@ pub struct Usage {
 /// What the inference thread tells a request's handler.
 #[derive(Debug)]
 pub enum Event {
-    /// The job left the queue and is running.
-    Started,
     /// More answer text.
     Text(String),
     /// The answer is complete.
@@ -227,7 +225,6 @@ impl Engine {
             job.queued_at.elapsed().as_millis(),
             n - reuse
         ));
-        let _ = job.events.send(Event::Started);
         let s = &job.sampling;
         let vocab = self.tokenizer.vocab_size();
         // The options were validated by the handler; a sampler that still cannot be built is

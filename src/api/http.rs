@@ -397,7 +397,6 @@ async fn answer(
     let mut text = String::new();
     loop {
         match events.recv().await {
-            Some(Event::Started) => {}
             Some(Event::Text(t)) => text.push_str(&t),
             Some(Event::Done { finish, usage }) => {
                 drop(guard);
@@ -494,7 +493,6 @@ impl Chunks {
                 return None;
             }
             match self.events.recv().await {
-                Some(Event::Started) => {}
                 Some(Event::Text(t)) => {
                     let c = self.chunk(json!({ "content": t }), None, None);
                     self.out.push_back(c);
@@ -506,7 +504,10 @@ impl Chunks {
                     if self.include_usage {
                         let body = json!({
                             "id": self.id,
-                            "object": "chat.completion.chunk",
+                            "object": match self.kind {
+                                Kind::Chat => "chat.completion.chunk",
+                                Kind::Completion => "text_completion",
+                            },
                             "created": self.created,
                             "model": self.model,
                             "choices": [],

@@ -144,8 +144,10 @@ status, body = raw("POST", "/v1/completions", json.dumps(
     {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0, "stream": True,
      "stream_options": {"include_usage": True}}), {"Content-Type": "application/json"})
 events = [e for e in body.split("\n\n") if e.startswith("data: ")]
-check("SSE framing ends with data: [DONE]",
-      status == 200 and events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["usage"]["completion_tokens"] == 3,
+usage_only = json.loads(events[-2][6:])
+check("SSE framing ends with data: [DONE], after the usage-only chunk stream_options asked for",
+      status == 200 and events[-1] == "data: [DONE]" and usage_only["choices"] == []
+      and usage_only["object"] == "text_completion" and usage_only["usage"]["completion_tokens"] == 3,
       f"{len(events)} events")
 
 # --- a stop string: the text before it, finish_reason "stop"
