@@ -37,6 +37,10 @@ use crate::scalar;
 /// The `R` weight rows from `r0` of a row-major `w` with `row_len` elements per row, as the
 /// row-tiled kernels take them: rows past `rows` repeat the last row (their results are
 /// discarded), so a tail tile needs no separate code path.
+#[cfg(any(
+    target_arch = "aarch64",
+    all(target_arch = "x86_64", target_feature = "sse2")
+))]
 #[inline(always)]
 pub(crate) fn row_tile<T, const R: usize>(
     w: &[T],
