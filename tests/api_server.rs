@@ -9,8 +9,8 @@
 //!    disconnect mid-stream, and every kind of bad request with its status code.
 //! 3. `api_support/browser.py` opens the chat page in headless Chromium, sends a message and
 //!    saves a screenshot (`target/tmp/api_server/chat-page.png`).
-//! 4. SIGINT stops the server cleanly; a second server on the same workers answers a request,
-//!    then one worker is killed: the next request gets a 503 naming it and the server exits
+//! 4. SIGINT stops the server cleanly; a second server on the same workers, with an API key,
+//!    answers 401 without the key and 200 with it, then one worker is killed: the next request gets a 503 naming it and the server exits
 //!    with that error.
 //!
 //! Skipped with one printed line when the GGUF, the venv's `openai` package or Chromium is
@@ -167,13 +167,19 @@ fn missing(what: &str) {
     println!("{line}");
 }
 
-/// Starts `airllama api` with the test's flags on a free port, its output in `log`; returns
-/// once it listens (after loading the weights).
-fn api_server(root: &[String], log: &Path) -> (Process, u16) {
+/// Starts `airllama api` with the test's flags on a free port, its output in `log`, with
+/// `api_key` in `$AIRLLAMA_API_KEY` (none: the variable is removed); returns once it listens
+/// (after loading the weights).
+fn api_server(root: &[String], log: &Path, api_key: Option<&str>) -> (Process, u16) {
     let port = free_port();
     let file = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_airllama"));
+    match api_key {
+        Some(key) => command.env("AIRLLAMA_API_KEY", key),
+        None => command.env_remove("AIRLLAMA_API_KEY"),
+    };
     let mut server = Process(
-        Command::new(env!("CARGO_BIN_EXE_airllama"))
+        command
             .arg("api")
             .args(root)
             .args(["--host", "127.0.0.1", "--port"])
@@ -189,14 +195,16 @@ fn api_server(root: &[String], log: &Path) -> (Process, u16) {
     (server, port)
 }
 
-/// POSTs `body` to `url` with `api_support/request.py`; returns "STATUS BODY".
-fn post(python: &Path, url: &str, body: &str) -> String {
+/// POSTs `body` to `url` with `api_support/request.py` (and the API key, if any); returns
+/// "STATUS BODY".
+fn post(python: &Path, url: &str, body: &str, api_key: Option<&str>) -> String {
     let output = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/api_support/request.py"
         ))
         .args([url, body])
+        .args(api_key)
         .output()
         .expect("run request.py");
     assert!(output.status.success(), "request.py failed: {output:?}");
@@ -265,7 +273,7 @@ fn openai_clients_and_the_chat_page_on_a_three_node_cluster() {
     println!("inference (chat): {chat_text:?}");
 
     let server_log = out.join("server.log");
-    let (mut server, port) = api_server(&root, &server_log);
+    let (mut server, port) = api_server(&root, &server_log, None);
     let base = format!("http://127.0.0.1:{port}");
     let expected = serde_json::json!({
         "model_id": "smollm2",
@@ -330,15 +338,24 @@ fn openai_clients_and_the_chat_page_on_a_three_node_cluster() {
     // the live one that lost its peer first, whichever the root hears from first), and the
     // server exits with that error instead of answering from a broken cluster.
     let dies_log = out.join("server-worker-dies.log");
-    let (mut server, port) = api_server(&root, &dies_log);
+    // This one also has an API key: a request without it is a 401.
+    let key = Some("test-key-1234");
+    let (mut server, port) = api_server(&root, &dies_log, key);
     let url = format!("http://127.0.0.1:{port}/v1/completions");
     let request = r#"{"prompt": "Hello", "max_tokens": 2, "temperature": 0}"#;
-    let answer = post(&python, &url, request);
+    for wrong in [None, Some("test-key-1235")] {
+        let answer = post(&python, &url, request, wrong);
+        assert!(
+            answer.starts_with("401 ") && answer.contains("invalid_api_key"),
+            "{answer}"
+        );
+    }
+    let answer = post(&python, &url, request, key);
     assert!(answer.starts_with("200 "), "{answer}");
     let mut workers = workers;
     let (dead, _) = workers.remove(0);
     drop(dead);
-    let answer = post(&python, &url, request);
+    let answer = post(&python, &url, request, key);
     println!("after a worker died: {answer}");
     // (Ephemeral ports all have five digits, so no address is a prefix of another.)
     let names_a_worker = |text: &str| addresses.iter().any(|a| text.contains(a.as_str()));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -67,6 +67,8 @@ pub struct App {
     pub shared: Arc<Shared>,
     /// Where log lines go.
     pub log: Log,
+    /// The key `/v1` requests must bear (`Authorization: Bearer KEY`), if one is set.
+    pub api_key: Option<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -155,11 +157,52 @@ fn model_object(app: &App) -> Value {
     })
 }
 
-async fn models(State(app): State<Arc<App>>) -> Response {
+/// Checks `Authorization: Bearer KEY` when the server has a key (OpenAI's 401 otherwise). The
+/// comparison takes the same time wherever the first difference is, so timing does not tell
+/// an attacker how much of a guess was right.
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &app.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    let same = given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing or incorrect API key (send Authorization: Bearer KEY with the server's --api-key)",
+        )
+        .with_code("invalid_api_key"))
+    }
+}
+
+async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&app, &headers) {
+        return e.into_response();
+    }
     axum::Json(json!({ "object": "list", "data": [model_object(&app)] })).into_response()
 }
 
-async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+async fn model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = authorize(&app, &headers) {
+        return e.into_response();
+    }
     if id == app.model_id {
         axum::Json(model_object(&app)).into_response()
     } else {
@@ -220,6 +263,7 @@ enum Kind {
 
 async fn chat(State(app): State<Arc<App>>, request: Request) -> Response {
     let result = async {
+        authorize(&app, request.headers())?;
         let body = read_body(&app, request).await?;
         let req: ChatRequest = parse_body(&body)?;
         let sampling = req.common.validate(&app.defaults, app.seq_len)?;
@@ -240,6 +284,7 @@ async fn chat(State(app): State<Arc<App>>, request: Request) -> Response {
 
 async fn completions(State(app): State<Arc<App>>, request: Request) -> Response {
     let result = async {
+        authorize(&app, request.headers())?;
         let body = read_body(&app, request).await?;
         let req: CompletionRequest = parse_body(&body)?;
         let sampling = req.common.validate(&app.defaults, app.seq_len)?;

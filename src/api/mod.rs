@@ -59,6 +59,8 @@ pub struct ServerOptions {
     pub backend: Backend,
     /// Log lines.
     pub log: Log,
+    /// The key `/v1` requests must bear (`Authorization: Bearer KEY`); `None`: no check.
+    pub api_key: Option<String>,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -116,6 +118,7 @@ pub fn serve(root: Root, tokenizer: Tokenizer, options: ServerOptions) -> Result
         queue: Mutex::new(http::Queue { next: 0, jobs }),
         shared: Arc::clone(&shared),
         log: Arc::clone(&log),
+        api_key: options.api_key,
     });
     let stop = Arc::new(tokio::sync::Notify::new());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServeError>>();

@@ -33,6 +33,10 @@ pub struct Args {
     /// without its extension).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1 requests (default: $AIRLLAMA_API_KEY,
+    /// which keeps the key out of the process list; unset: no key is checked).
+    #[arg(long)]
+    pub api_key: Option<String>,
 }
 
 /// Runs the subcommand until Ctrl-C.
@@ -73,7 +77,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         backend: Backend::detect(),
         log: Arc::new(|line: String| say(&line)),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("AIRLLAMA_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
     };
+    say(if options.api_key.is_some() {
+        "🔑 /v1 requests need the API key"
+    } else {
+        "🔓 No API key (--api-key): whoever reaches the port can use the cluster"
+    });
     airllama::api::serve(root, tokenizer, options)?;
     Ok(ExitCode::SUCCESS)
 }
