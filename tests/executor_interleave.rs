@@ -3,7 +3,8 @@
 //! random weights and inputs give byte-identical pipes and buffers with and without the
 //! layout, for a prefill batch (tinyBLAS order) and decode steps (row order), at 1 and 2
 //! threads, also after a weight is rewritten between forwards.
-use std::path::PathBuf;
+#[macro_use]
+mod golden_support;
 
 use airllama::executor::{Executor, ExecutorOptions, Synchronizer};
 use airllama_kernels::backend::Backend;
@@ -46,16 +47,8 @@ fn tame_q40(bytes: &mut [u8]) {
 }
 
 fn configs() -> Option<(NetConfig, NodeConfig)> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden"))
-        .join("llama-q40")
-        .join("3nodes");
-    let stream = match std::fs::read(dir.join("w1_c0_root.to_worker.bin")) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("SKIPPED: no recorded session in {} ({e})", dir.display());
-            return None;
-        }
-    };
+    let dir = golden_support::golden()?.join("llama-q40").join("3nodes");
+    let stream = std::fs::read(dir.join("w1_c0_root.to_worker.bin")).expect("golden stream");
     // 3 nodes: 26-byte handshake, root-ready ACK, then the net config.
     let (net, used) = NetConfig::decode_prefix(&stream[30..]).expect("net config");
     let (node, _) = NodeConfig::decode_prefix(&stream[30 + used..], &net).expect("node config");
