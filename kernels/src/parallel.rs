@@ -711,4 +711,33 @@ mod tests {
         assert_eq!(finished.load(Ordering::SeqCst), 2);
         pool.run(&|_| {}).unwrap();
     }
+
+    /// Every mix of who sleeps: workers that fell asleep between jobs (a pause longer than
+    /// their spin), a caller that falls asleep waiting for a slow worker, and back-to-back jobs
+    /// where nobody sleeps. A lost wake-up would hang here; every job must run on every index.
+    #[cfg(feature = "std")]
+    #[test]
+    fn sleeping_workers_and_a_sleeping_caller_are_always_woken() {
+        use core::sync::atomic::AtomicUsize;
+        use std::time::Duration;
+        for threads in [2, 3] {
+            let mut pool = ThreadPool::new(threads).unwrap();
+            let hits = AtomicUsize::new(0);
+            for round in 0..300usize {
+                let slow = round % 7;
+                pool.run(&|i| {
+                    if i == slow % threads && round % 3 == 0 {
+                        std::thread::sleep(Duration::from_micros(300 + 50 * slow as u64));
+                    }
+                    hits.fetch_add(1, Ordering::Relaxed);
+                })
+                .unwrap();
+                if round % 10 == 0 {
+                    // Long enough for every worker to give up spinning and sleep.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            assert_eq!(hits.load(Ordering::Relaxed), 300 * threads);
+        }
+    }
 }
