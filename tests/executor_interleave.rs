@@ -6,24 +6,11 @@
 #[macro_use]
 mod golden_support;
 
-use airllama::executor::{Executor, ExecutorOptions, Synchronizer};
+use airllama::executor::{Executor, ExecutorOptions, SkipSync};
 use airllama_kernels::backend::Backend;
 use airllama_kernels::block::FloatType;
 use airllama_kernels::packed::supports_q40x8;
-use airllama_net::{NetConfig, NodeConfig, SyncStep, WeightTarget};
-
-/// Leaves the pipes as they are.
-struct NoNetwork;
-
-impl Synchronizer for NoNetwork {
-    fn sync(
-        &mut self,
-        _: &SyncStep,
-        _: &mut [u8],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        Ok(())
-    }
-}
+use airllama_net::{NetConfig, NodeConfig, WeightTarget};
 
 /// splitmix64 bytes.
 fn fill(bytes: &mut [u8], seed: u64) {
@@ -95,7 +82,7 @@ fn run(exec: &mut Executor, net: &NetConfig, forwards: &[(u32, u32)]) -> Vec<Vec
                 }
             }
         }
-        exec.forward(position, batch, &mut NoNetwork)
+        exec.forward(position, batch, &mut SkipSync)
             .expect("forward");
         for p in 0..net.pipes.len() {
             snapshots.push(exec.pipe_mut(p).expect("pipe").to_vec());

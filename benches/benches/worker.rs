@@ -4,23 +4,10 @@
 //! no-op, so this measures the executor and kernels only, not the network.
 use std::path::PathBuf;
 
-use airllama::executor::{Executor, ExecutorOptions, Synchronizer};
+use airllama::executor::{Executor, ExecutorOptions, SkipSync};
 use airllama_kernels::backend::Backend;
-use airllama_net::{NetConfig, NodeConfig, SyncStep, WeightRecord};
+use airllama_net::{NetConfig, NodeConfig, WeightRecord};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-
-/// Leaves the pipes as they are: every node's slices keep their last values.
-struct NoNetwork;
-
-impl Synchronizer for NoNetwork {
-    fn sync(
-        &mut self,
-        _: &SyncStep,
-        _: &mut [u8],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        Ok(())
-    }
-}
 
 /// Builds worker 0 of a 2-node golden scenario with its recorded weights.
 fn executor(variant: &str, n_threads: usize) -> Executor {
@@ -62,7 +49,7 @@ fn forward(c: &mut Criterion) {
                 let id = BenchmarkId::new(format!("{variant}/batch{batch}"), format!("{threads}t"));
                 group.bench_function(id, |b| {
                     b.iter(|| {
-                        exec.forward(position, batch, &mut NoNetwork)
+                        exec.forward(position, batch, &mut SkipSync)
                             .expect("forward")
                     })
                 });

@@ -142,6 +142,22 @@ impl Synchronizer for NoSync {
     }
 }
 
+/// A synchronizer that leaves every pipe as it is: runs one node of a multi-node graph alone,
+/// with whatever the pipes hold standing in for the other nodes' slices (benchmarks of a
+/// worker's compute, tests that compare two executors on the same inputs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SkipSync;
+
+impl Synchronizer for SkipSync {
+    fn sync(
+        &mut self,
+        _: &SyncStep,
+        _: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+}
+
 /// Supplies the weights the executor does not hold (layer streaming): an op built as streamed
 /// (see [`Executor::with_streamed_weights`]) asks the feed for its bytes right before it runs.
 /// Ops are numbered in node-config order, segment by segment, and asked for in step order.
