@@ -304,6 +304,16 @@ fn chat(model: &Path, tokenizer: &Path, extra: &[&str]) -> Command {
         .args(["--temperature", "0", "--seed", "1"])
         .args(extra)
         .stdin(Stdio::piped());
+    // A test harness started in the background of a non-interactive shell inherits SIGINT
+    // ignored, and an ignored signal survives exec: chat would then (rightly) leave Ctrl-C
+    // alone and the Ctrl-C test would measure the harness, not chat.
+    // SAFETY: runs in the forked child before exec; `signal` is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        })
+    };
     c
 }
 

@@ -32,6 +32,17 @@ fn airllama(args: &[&str], out: &Path) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // A test harness started in the background of a non-interactive shell inherits SIGINT
+    // ignored, and an ignored signal survives exec: the command would then (rightly) leave
+    // Ctrl-C alone and the test would measure the harness, not the command.
+    // SAFETY: runs in the forked child before exec; `signal` is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        })
+    };
     c
 }
 
