@@ -3,6 +3,8 @@
 //!
 //! The GGUF is a tiny llama with f32 tensors and a SmolLM2-style vocabulary (control tokens
 //! first), written with the library's own header encoder.
+mod smollm2_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -342,23 +344,6 @@ fn tokenizer_files_of_the_earlier_converter_still_read_the_same() {
     }
 }
 
-/// SmolLM2-135M-Instruct from `scripts/fetch-smollm2.sh`, or `None` with a SKIPPED line.
-fn smollm2_gguf() -> Option<PathBuf> {
-    let cache = std::env::var_os("AIRLLAMA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/models")));
-    let path = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        println!(
-            "SKIPPED: {} is absent (run scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-        None
-    }
-}
-
 /// The C++ dllama binary: `$DLLAMA_BIN`, else `/work/dllama/dllama`; `None` with a SKIPPED
 /// line when neither exists.
 fn dllama() -> Option<PathBuf> {
@@ -381,13 +366,10 @@ fn dllama() -> Option<PathBuf> {
 /// the end of the context (what a `.t` with dllama's split moved past the chat markers gave).
 #[test]
 fn dllama_chat_on_converted_smollm2_ends_its_reply() {
-    let (Some(gguf), Some(dllama)) = (smollm2_gguf(), dllama()) else {
+    let (Some(gguf), Some(dllama)) = (smollm2_support::gguf(), dllama()) else {
         return;
     };
-    let dir = scratch("dllama-chat");
-    let (m, t) = (dir.join("smollm2.m"), dir.join("smollm2.t"));
-    let out = convert(&[&gguf, &m, &t], &["--quiet"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (m, t) = smollm2_support::convert(&gguf, "cli_convert/dllama-chat");
 
     use std::io::{Read, Write};
     let mut child = Command::new(&dllama)
@@ -466,7 +448,9 @@ fn airllama_generates_the_same_text_as_with_the_earlier_layout() {
     use airllama_kernels::backend::Backend;
     use airllama_kernels::block::FloatType;
 
-    let Some(path) = smollm2_gguf() else { return };
+    let Some(path) = smollm2_support::gguf() else {
+        return;
+    };
     let dir = scratch("earlier-layout");
     let gguf = GgufFile::open(&path).unwrap();
     let current_t = tokenizer_from_gguf(gguf.header()).unwrap();
