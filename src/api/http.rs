@@ -506,10 +506,7 @@ impl Chunks {
         };
         let mut body = json!({
             "id": self.id,
-            "object": match self.kind {
-                Kind::Chat => "chat.completion.chunk",
-                Kind::Completion => "text_completion",
-            },
+            "object": self.object(),
             "created": self.created,
             "model": self.model,
             "choices": [choice],
@@ -518,6 +515,14 @@ impl Chunks {
             map.insert("usage".into(), u);
         }
         SseEvent::default().data(body.to_string())
+    }
+
+    /// OpenAI's object name of a streamed chunk of this kind.
+    fn object(&self) -> &'static str {
+        match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        }
     }
 
     /// Queues OpenAI's first chat chunk, which names the role.
@@ -549,10 +554,7 @@ impl Chunks {
                     if self.include_usage {
                         let body = json!({
                             "id": self.id,
-                            "object": match self.kind {
-                                Kind::Chat => "chat.completion.chunk",
-                                Kind::Completion => "text_completion",
-                            },
+                            "object": self.object(),
                             "created": self.created,
                             "model": self.model,
                             "choices": [],

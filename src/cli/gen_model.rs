@@ -58,18 +58,6 @@ pub struct Args {
     pub seed: u64,
 }
 
-/// Bytes in binary units, as `inspect` prints them.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// Bytes free to an unprivileged writer on the file system that will hold `path` (`None`
 /// when it cannot be told).
 fn free_space(path: &Path) -> Option<u64> {
@@ -154,15 +142,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             size <= free,
             "a model of this shape ({what}) takes {} ({size} bytes), more than the {} free \
              where {} would go",
-            human(size),
-            human(free),
+            super::inspect::human(size),
+            super::inspect::human(free),
             args.output.display()
         );
     }
     eprintln!(
         "writing {}: {} ({size} bytes): {what}",
         args.output.display(),
-        human(size)
+        super::inspect::human(size)
     );
     let mut outputs = PartialOutputs::new()?;
     let partial = outputs.add(&args.output)?;

@@ -414,7 +414,7 @@ fn write_slices(out: &mut String, split: &NodeSplit<'_>) -> std::fmt::Result {
 }
 
 /// Bytes in binary units.
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
