@@ -29,6 +29,8 @@ step() {
 ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 echo "machine: $(nproc) CPUs, x86 ISA flags: $(grep -owE 'avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
 echo "memlock limit: $(ulimit -l) KiB, user: $(id -un 2>/dev/null || id -u)"
+# A full disk shows up as odd compiler errors; say up front how much room the build has.
+echo "disk free for the build: $(df -Ph . 2>/dev/null | awk 'NR==2 {print $4 " of " $2}')"
 
 step "format" cargo fmt --all -- --check
 
