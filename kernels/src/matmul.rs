@@ -198,9 +198,14 @@ pub fn matmul_q80_q40(
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         (Isa::Avx512, MatmulOrder::TinyBlas) => {
             use crate::arch::x86::tinyblas::{
-                has_avx512_vnni, matmul_q80_q40_avx512, matmul_q80_q40_vnni,
+                any_min_code, has_avx512_vnni, matmul_q80_q40_avx512, matmul_q80_q40_vnni,
+                matmul_q80_q40_vnni_offset,
             };
-            if has_avx512_vnni() {
+            if has_avx512_vnni() && !any_min_code(xs) {
+                // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C, VNNI
+                // was just detected, and no input code is -128.
+                unsafe { matmul_q80_q40_vnni_offset(outs, xs, w_rows, nb) }
+            } else if has_avx512_vnni() {
                 // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C, and
                 // VNNI was just detected.
                 unsafe { matmul_q80_q40_vnni(outs, xs, w_rows, nb) }

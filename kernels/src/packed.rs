@@ -157,8 +157,22 @@ pub fn matmul_q80_q40x8(
             unsafe { crate::arch::x86::packed::matmul_q80_q40x8_row(outs, xs, w, nb) }
         }
         MatmulOrder::TinyBlas => {
-            // SAFETY: as above.
-            unsafe { crate::arch::x86::packed::matmul_q80_q40x8_tinyblas(outs, xs, w, nb) }
+            use crate::arch::x86::packed::{
+                matmul_q80_q40x8_tinyblas, matmul_q80_q40x8_tinyblas_avx512,
+                matmul_q80_q40x8_tinyblas_vnni,
+            };
+            use crate::arch::x86::tinyblas::has_avx512_vnni;
+            match backend.isa() {
+                // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C, and
+                // VNNI was just detected.
+                Isa::Avx512 if has_avx512_vnni() => unsafe {
+                    matmul_q80_q40x8_tinyblas_vnni(outs, xs, w, nb)
+                },
+                // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C.
+                Isa::Avx512 => unsafe { matmul_q80_q40x8_tinyblas_avx512(outs, xs, w, nb) },
+                // SAFETY: as for the row order.
+                _ => unsafe { matmul_q80_q40x8_tinyblas(outs, xs, w, nb) },
+            }
         }
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]

@@ -116,3 +116,59 @@ fn backends_without_kernels_refuse() {
     });
     assert!(result.is_err());
 }
+
+/// On AVX-512 VNNI the tinyBLAS order drops dllama's `vpsignb` when no input code is -128
+/// (the offset form): its bits must still be those of the AVX2 build's sign form, over the row
+/// layout and the interleaved one, with and without a -128 among the codes.
+#[test]
+fn vnni_forms_give_the_avx2_builds_bits() {
+    use airllama_kernels::backend::Isa;
+    let (Some(avx2), Some(avx512)) = (Backend::new(Isa::Avx2), Backend::new(Isa::Avx512)) else {
+        return;
+    };
+    for (d, nb, batch) in [(8, 1, 1), (16, 33, 7), (24, 64, 32), (8, 70, 35)] {
+        let mut rng = Rng(d as u64 * 7 + nb as u64);
+        let w = rng.q40(d * nb);
+        let mut packed = vec![Q40x8Block::default(); d / 8 * nb];
+        pack_q40x8(&w, nb, &mut packed);
+        let mut x = rng.q80(nb * batch);
+        for with_min in [false, true] {
+            for b in &mut x {
+                b.qs.iter_mut()
+                    .filter(|q| **q == i8::MIN)
+                    .for_each(|q| *q = -127);
+            }
+            if with_min {
+                x[nb * batch / 2].qs[5] = i8::MIN;
+            }
+            let run = |backend: Backend, interleaved: bool| {
+                let mut out = vec![f32::NAN; d * batch];
+                let mut outs: Vec<&mut [f32]> = out.chunks_mut(d).collect();
+                if interleaved {
+                    matmul_q80_q40x8(
+                        backend,
+                        MatmulOrder::TinyBlas,
+                        &mut outs,
+                        &x,
+                        &packed,
+                        nb * 32,
+                    );
+                } else {
+                    matmul_q80_q40(backend, MatmulOrder::TinyBlas, &mut outs, &x, &w, nb * 32);
+                }
+                bits(&out)
+            };
+            let expected = run(avx2, false);
+            assert_eq!(
+                run(avx512, false),
+                expected,
+                "rows d={d} nb={nb} batch={batch} -128: {with_min}"
+            );
+            assert_eq!(
+                run(avx512, true),
+                expected,
+                "interleaved d={d} nb={nb} batch={batch} -128: {with_min}"
+            );
+        }
+    }
+}

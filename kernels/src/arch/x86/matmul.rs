@@ -146,7 +146,13 @@ pub(crate) unsafe fn matmul_f32_avx2(outs: &mut [&mut [f32]], xs: &[f32], w: &[f
 #[inline]
 pub(crate) fn q40_codes(block: &Q40Block) -> __m256i {
     // SAFETY: `qs` is 16 bytes, one unaligned 128-bit load.
-    let packed = unsafe { _mm_loadu_si128(block.qs.as_ptr().cast()) };
+    q40_codes_of(unsafe { _mm_loadu_si128(block.qs.as_ptr().cast()) })
+}
+
+/// [`q40_codes`] of a block's 16 code bytes already in a register.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn q40_codes_of(packed: __m128i) -> __m256i {
     let low = _mm_set1_epi8(0x0f);
     let lo = _mm_and_si128(packed, low);
     let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), low);

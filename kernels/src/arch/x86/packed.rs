@@ -2,10 +2,10 @@
 //! layout's kernels in [`super::matmul`] (row order) and [`super::tinyblas`] (tinyBLAS order).
 use core::arch::x86_64::*;
 
-use super::matmul::{hsum8, q40_codes, q80_codes};
-use super::tinyblas::{CHUNK, GROUP, q40_matmul_body, scale};
-use crate::block::{Q40Block, Q40x8Block, Q80Block};
-use crate::packed::{ROWS_PER_GROUP, row_block};
+use super::matmul::{hsum8, q40_codes_of, q80_codes};
+use super::tinyblas::{CHUNK, GROUP, any_min_code, q40_matmul_body, q40_matmul_body_offset};
+use crate::block::{Q40x8Block, Q80Block};
+use crate::packed::ROWS_PER_GROUP;
 use crate::quant::f16_to_f32;
 
 /// Input blocks whose scale and bias are prepared at once (on the stack): rows longer than
@@ -18,6 +18,48 @@ const INPUT_CHUNK: usize = 256;
 /// asking 2.3 KB ahead keeps more lines in flight than the hardware prefetcher alone (A/B on
 /// a 1B model's decode, docs/PERFORMANCE.md).
 const PREFETCH: usize = 16;
+
+/// The tile fetch of the tinyBLAS body over interleaved rows: four rows `rows[0]..rows[0] + 4`
+/// (`rows[0]` a multiple of 4, so one half of a group) at block column `j`. Their 4-byte code
+/// words sit at the same place in the four chunks, so a 4 × 4 transpose of 32-bit words gives
+/// each row's 16 code bytes, and the four scales convert at once. A macro, for the same reason
+/// as [`super::tinyblas::row_tile`].
+macro_rules! interleaved {
+    ($w:expr, $nb:expr) => {
+        |rows: &[usize; 4], j: usize| {
+            debug_assert!(rows[0] % 4 == 0 && rows[3] == rows[0] + 3);
+            let p: &Q40x8Block = &$w[rows[0] / ROWS_PER_GROUP * $nb + j];
+            let half = rows[0] % ROWS_PER_GROUP / 4;
+            // SAFETY: `qs[t]` is 32 bytes and `d` 16: the 16 (8) bytes at `16 * half`
+            // (`8 * half`), half < 2, are inside them.
+            let (q, d) = unsafe {
+                (
+                    [0, 1, 2, 3].map(|t| _mm_loadu_si128(p.qs[t].as_ptr().add(16 * half).cast())),
+                    _mm_loadl_epi64(p.d.as_ptr().add(4 * half).cast()),
+                )
+            };
+            // q[t] holds word t of rows 0..4; after the transpose, row i's words 0..4.
+            let (a, b) = (
+                _mm_unpacklo_epi32(q[0], q[1]),
+                _mm_unpackhi_epi32(q[0], q[1]),
+            );
+            let (c, e) = (
+                _mm_unpacklo_epi32(q[2], q[3]),
+                _mm_unpackhi_epi32(q[2], q[3]),
+            );
+            let row_bytes = [
+                _mm_unpacklo_epi64(a, c),
+                _mm_unpackhi_epi64(a, c),
+                _mm_unpacklo_epi64(b, e),
+                _mm_unpackhi_epi64(b, e),
+            ];
+            let mut scales = [0.0f32; 4];
+            // SAFETY: `scales` is 4 floats.
+            unsafe { _mm_storeu_ps(scales.as_mut_ptr(), _mm_cvtph_ps(d)) };
+            (row_bytes.map(|r| q40_codes_of(r)), scales)
+        }
+    };
+}
 
 /// Row order (dllama's `matmul_Q80_Q40_F32` AVX2 branch, as [`super::matmul::matmul_q80_q40_avx2`]):
 /// per block, lane `r` gets row `r`'s exact integer dot `Σ (code - 8) · x` and
@@ -126,11 +168,46 @@ pub(crate) unsafe fn matmul_q80_q40x8_tinyblas(
     nb: usize,
 ) {
     let ones = _mm256_set1_epi16(1);
-    let fetch = |r: usize, j: usize| -> Q40Block {
-        row_block(&w[r / ROWS_PER_GROUP * nb + j], r % ROWS_PER_GROUP)
-    };
-    q40_matmul_body!(outs, xs, fetch, nb, 4, 2, |u, s| _mm256_madd_epi16(
-        ones,
-        _mm256_maddubs_epi16(u, s)
-    ))
+    q40_matmul_body!(outs, xs, interleaved!(w, nb), nb, 4, 2, |u, s| {
+        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
+    })
+}
+
+/// As [`matmul_q80_q40x8_tinyblas`] (same bits) with AVX-512VL's registers for 4 × 4 tiles,
+/// as [`super::tinyblas::matmul_q80_q40_avx512`].
+///
+/// # Safety
+/// As [`matmul_q80_q40x8_row`], and the CPU supports AVX-512 F/VL.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40x8_tinyblas_avx512(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40x8Block],
+    nb: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    q40_matmul_body!(outs, xs, interleaved!(w, nb), nb, 4, 4, |u, s| {
+        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
+    })
+}
+
+/// As [`matmul_q80_q40x8_tinyblas`] (same bits) with AVX-512 VNNI: [`q40_matmul_body_offset`]
+/// when no input code is -128, else `vpdpbusd` in dllama's `vpsignb` form.
+///
+/// # Safety
+/// As [`matmul_q80_q40x8_row`], and the CPU supports AVX-512 F/VL/VNNI.
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40x8_tinyblas_vnni(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40x8Block],
+    nb: usize,
+) {
+    if any_min_code(xs) {
+        q40_matmul_body!(outs, xs, interleaved!(w, nb), nb, 4, 4, |u, s| {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+        })
+    } else {
+        q40_matmul_body_offset!(outs, xs, interleaved!(w, nb), nb)
+    }
 }

@@ -127,10 +127,30 @@ pub(crate) const GROUP: usize = 32;
 /// 8 at a time and broadcast from memory; the accumulators are parked on the stack between
 /// chunks (a store and a reload do not change a bit).
 ///
-/// `$fetch(row, block)` returns one weight block by row and block column, so the same body
-/// runs over the row layout and over the interleaved one ([`super::packed`]).
+/// `$fetch(&rows, block)` returns the unsigned codes ([`q40_codes`]) and scales of the tile's
+/// `RM` rows at one block column, so the same body runs over the row layout ([`row_tile`])
+/// and over the interleaved one ([`super::packed`], which unpacks four rows at once).
 macro_rules! q40_matmul_body {
-    ($outs:expr, $xs:expr, $fetch:expr, $nb:expr, $rm:expr, $rn:expr, $updot:expr) => {{
+    // dllama's own operations: `vpsignb` moves the weight's sign onto the input and an
+    // unsigned·signed dot (`$updot`) multiplies by `|w|`.
+    ($outs:expr, $xs:expr, $fetch:expr, $nb:expr, $rm:expr, $rn:expr, $updot:expr) => {
+        q40_matmul_body!(
+            $outs,
+            $xs,
+            $fetch,
+            $nb,
+            $rm,
+            $rn,
+            |q: __m256i| (q, _mm256_sign_epi8(q, q)),
+            |x: __m256i| x,
+            |q: __m256i, u: __m256i, x: __m256i| $updot(u, _mm256_sign_epi8(x, q))
+        )
+    };
+    // The general form: `$prep(w - 8)` gives the two registers kept per weight block,
+    // `$xprep(x)` the one kept per input block, and `$dot(a, b, x)` the eight exact 4-value
+    // integer dots from them.
+    ($outs:expr, $xs:expr, $fetch:expr, $nb:expr, $rm:expr, $rn:expr, $prep:expr, $xprep:expr,
+     $dot:expr) => {{
         const RM: usize = $rm;
         const RN: usize = $rn;
         let (outs, xs, nb): (&mut [&mut [f32]], &[Q80Block], usize) = ($outs, $xs, $nb);
@@ -159,12 +179,12 @@ macro_rules! q40_matmul_body {
                 while c0 < nb {
                     let cn = (nb - c0).min(CHUNK);
                     for l in 0..cn {
+                        let (codes, scales): ([__m256i; RM], [f32; RM]) = fetch(&row, c0 + l);
                         for i in 0..RM {
-                            let wb: Q40Block = fetch(row[i], c0 + l);
-                            let q = _mm256_sub_epi8(q40_codes(&wb), eight);
-                            wq[l][i] = q;
-                            wu[l][i] = _mm256_sign_epi8(q, q);
-                            wd[i][l] = scale(wb.d);
+                            let (a, b) = $prep(_mm256_sub_epi8(codes[i], eight));
+                            wq[l][i] = a;
+                            wu[l][i] = b;
+                            wd[i][l] = scales[i];
                         }
                     }
                     let mut b0 = 0;
@@ -218,13 +238,12 @@ macro_rules! q40_matmul_body {
                             // read once (rows outside, items inside: fewest live registers).
                             let xq: [__m256i; RN] = core::array::from_fn(|k| {
                                 // SAFETY: l < cn, inside the item's chunk.
-                                q80_codes(unsafe { &*item[k].add(l) })
+                                $xprep(q80_codes(unsafe { &*item[k].add(l) }))
                             });
                             for i in 0..RM {
                                 let (q, u) = (wq[l][i], wu[l][i]);
                                 for k in 0..RN {
-                                    let s = _mm256_sign_epi8(xq[k], q);
-                                    let dot = _mm256_cvtepi32_ps($updot(u, s));
+                                    let dot = _mm256_cvtepi32_ps($dot(q, u, xq[k]));
                                     acc[k][i] = _mm256_fmadd_ps(
                                         _mm256_set1_ps(prod[k][i][l]),
                                         dot,
@@ -253,6 +272,18 @@ macro_rules! q40_matmul_body {
 }
 pub(crate) use q40_matmul_body;
 
+/// The tile fetch of [`q40_matmul_body`] over the row layout: `rows[i]`'s block `j`, one by
+/// one. A macro, so that the closure is written inside (and inherits the target features of)
+/// the kernel that uses it.
+macro_rules! row_tile {
+    ($w:expr, $nb:expr) => {
+        |rows: &[usize; _], j: usize| {
+            let blocks: [&Q40Block; _] = core::array::from_fn(|i| &$w[rows[i] * $nb + j]);
+            (blocks.map(|b| q40_codes(b)), blocks.map(|b| scale(b.d)))
+        }
+    };
+}
+
 /// Q40 weights · Q80 input in `tinyBLAS_Q0_AVX2` order (both x86 builds), AVX2 registers
 /// (4 rows × 2 items per pass).
 ///
@@ -267,15 +298,9 @@ pub(crate) unsafe fn matmul_q80_q40_avx2(
     nb: usize,
 ) {
     let ones = _mm256_set1_epi16(1);
-    q40_matmul_body!(
-        outs,
-        xs,
-        |r: usize, j: usize| w[r * nb + j],
-        nb,
-        4,
-        2,
-        |u, s| _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
-    )
+    q40_matmul_body!(outs, xs, row_tile!(w, nb), nb, 4, 2, |u, s| {
+        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
+    })
 }
 
 /// As [`matmul_q80_q40_avx2`] (same bits), with AVX-512VL's 32 registers for 4 × 4 passes.
@@ -291,15 +316,9 @@ pub(crate) unsafe fn matmul_q80_q40_avx512(
     nb: usize,
 ) {
     let ones = _mm256_set1_epi16(1);
-    q40_matmul_body!(
-        outs,
-        xs,
-        |r: usize, j: usize| w[r * nb + j],
-        nb,
-        4,
-        4,
-        |u, s| _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
-    )
+    q40_matmul_body!(outs, xs, row_tile!(w, nb), nb, 4, 4, |u, s| {
+        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, s))
+    })
 }
 
 /// As [`matmul_q80_q40_avx512`] with `vpdpbusd` (AVX-512 VNNI) for the 4-value dots, as
@@ -316,15 +335,59 @@ pub(crate) unsafe fn matmul_q80_q40_vnni(
     w: &[Q40Block],
     nb: usize,
 ) {
-    q40_matmul_body!(
-        outs,
-        xs,
-        |r: usize, j: usize| w[r * nb + j],
-        nb,
-        4,
-        4,
-        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
-    )
+    q40_matmul_body!(outs, xs, row_tile!(w, nb), nb, 4, 4, |u, s| {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    })
+}
+
+/// The tinyBLAS body without dllama's `vpsignb`, for AVX-512 VNNI: the input is offset to
+/// unsigned (`x + 128`, an `xor`, once per item and block) and the weight stays signed
+/// (`w - 8`), so one `vpdpbusd` started from `-128 · Σ (w - 8)` (per lane of a weight block,
+/// computed when the chunk is unpacked) leaves `Σ x · (w - 8)`: one instruction per (row, item,
+/// block) fewer than sign + dot. These are dllama's integers for every input code except -128
+/// ([`any_min_code`]); the callers take the `vpsignb` form when one is present.
+macro_rules! q40_matmul_body_offset {
+    ($outs:expr, $xs:expr, $fetch:expr, $nb:expr) => {{
+        let zero = _mm256_setzero_si256();
+        let offset = _mm256_set1_epi8(i8::MIN);
+        q40_matmul_body!(
+            $outs,
+            $xs,
+            $fetch,
+            $nb,
+            4,
+            4,
+            |q: __m256i| {
+                let bias = _mm256_dpbusd_epi32(zero, offset, q);
+                (q, _mm256_sub_epi32(zero, bias))
+            },
+            |x: __m256i| _mm256_xor_si256(x, offset),
+            |q: __m256i, bias: __m256i, x: __m256i| _mm256_dpbusd_epi32(bias, x, q)
+        )
+    }};
+}
+pub(crate) use q40_matmul_body_offset;
+
+/// As [`matmul_q80_q40_vnni`] (same bits) in [`q40_matmul_body_offset`]'s form.
+///
+/// # Safety
+/// As [`matmul_q80_q40_vnni`], and no input code is -128 ([`any_min_code`] is false).
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40_vnni_offset(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40Block],
+    nb: usize,
+) {
+    q40_matmul_body_offset!(outs, xs, row_tile!(w, nb), nb)
+}
+
+/// Whether some input code is -128: the one code where `vpsignb`'s `-(-128) = -128` makes
+/// dllama's integer dot differ from the exact product. dllama's quantizer never writes it
+/// (codes are rounded to ±127), but a peer may send any byte. One pass over the input, next to
+/// a matmul that reads it once per weight row.
+pub(crate) fn any_min_code(xs: &[Q80Block]) -> bool {
+    xs.iter().any(|b| b.qs.contains(&i8::MIN))
 }
 
 /// Whether the CPU has AVX-512 VNNI (checked once by `std`'s cached detection, or at compile
@@ -415,30 +478,58 @@ mod tests {
                     }
                 })
                 .collect();
-            let run = |f: Body| {
+            let run = |x: &[Q80Block], f: Body| {
                 let mut out = alloc::vec![0.0f32; d * batch];
                 let mut outs: alloc::vec::Vec<&mut [f32]> = out.chunks_mut(d).collect();
                 // SAFETY: the CPU has AVX2 + FMA + F16C (checked above), AVX-512 F/BW/DQ/VL and
                 // VNNI are checked before their bodies run; shapes are consistent by
-                // construction.
-                unsafe { f(&mut outs, &x, &w, nb) };
+                // construction; the offset form gets no -128 code.
+                unsafe { f(&mut outs, x, &w, nb) };
                 out.iter()
                     .map(|v| v.to_bits())
                     .collect::<alloc::vec::Vec<_>>()
             };
-            let mut reference = alloc::vec::Vec::with_capacity(d * batch);
-            for b in 0..batch {
-                for i in 0..d {
-                    let (wr, xb) = (&w[i * nb..(i + 1) * nb], &x[b * nb..(b + 1) * nb]);
-                    // SAFETY: the CPU has AVX2 + FMA + F16C (checked above).
-                    reference.push(unsafe { reference_element(wr, xb) }.to_bits());
+            let reference = |x: &[Q80Block]| {
+                let mut bits = alloc::vec::Vec::with_capacity(d * batch);
+                for b in 0..batch {
+                    for i in 0..d {
+                        let (wr, xb) = (&w[i * nb..(i + 1) * nb], &x[b * nb..(b + 1) * nb]);
+                        // SAFETY: the CPU has AVX2 + FMA + F16C (checked above).
+                        bits.push(unsafe { reference_element(wr, xb) }.to_bits());
+                    }
                 }
-            }
-            assert_eq!(run(matmul_q80_q40_avx2), reference, "{d} {nb} {batch}");
+                bits
+            };
+            assert_eq!(
+                run(&x, matmul_q80_q40_avx2),
+                reference(&x),
+                "{d} {nb} {batch}"
+            );
             if avx512 {
-                assert_eq!(run(matmul_q80_q40_avx512), reference, "{d} {nb} {batch}");
+                assert_eq!(
+                    run(&x, matmul_q80_q40_avx512),
+                    reference(&x),
+                    "{d} {nb} {batch}"
+                );
                 if has_avx512_vnni() {
-                    assert_eq!(run(matmul_q80_q40_vnni), reference, "{d} {nb} {batch}");
+                    assert_eq!(
+                        run(&x, matmul_q80_q40_vnni),
+                        reference(&x),
+                        "{d} {nb} {batch}"
+                    );
+                    // The offset form is only called without -128 among the codes.
+                    let mut no_min = x.clone();
+                    for b in &mut no_min {
+                        b.qs.iter_mut()
+                            .filter(|q| **q == i8::MIN)
+                            .for_each(|q| *q = -127);
+                    }
+                    assert!(!any_min_code(&no_min) && (nb * batch < 4 || any_min_code(&x)));
+                    assert_eq!(
+                        run(&no_min, matmul_q80_q40_vnni_offset),
+                        reference(&no_min),
+                        "{d} {nb} {batch}"
+                    );
                 }
             }
         }
