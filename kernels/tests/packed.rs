@@ -88,6 +88,8 @@ fn tinyblas_tails_of_groups_and_chunks() {
             (24, 70, 35),
             (8, 257, 2),
             (32, 5, 66),
+            // Past the 8192 input scales that the body converts up front.
+            (8, 300, 33),
         ] {
             run(
                 backend,

@@ -5,7 +5,9 @@
 //! The run is a one-node root ([`Root::open_streaming`] with no workers): the same loading,
 //! planning and forward path `airllama inference` takes, without a tokenizer. One warm-up
 //! forward at position 0 (first touches of the buffers and of the embedding map), then
-//! `--tokens` timed one-token forwards at positions `1..=T` with deterministic token ids. The
+//! with `--prompt-tokens P`, `--prompt-rounds` timed forwards of a P-token batch at positions
+//! `0..P` (llama-bench's `pp`), then `--tokens` timed one-token forwards at positions `1..=T`
+//! with deterministic token ids. The
 //! numbers are what a user's decode would see on this machine, disk and page cache included.
 use std::fs::File;
 use std::io::{BufReader, IsTerminal};
@@ -48,6 +50,13 @@ pub struct Args {
     /// Timed decode steps (after one warm-up step).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub tokens: u32,
+    /// Also time prompt processing, as llama-bench's `-p`: forwards of this many tokens in one
+    /// batch at positions 0.. (at most the batch capacity, 32; 0 = decode only).
+    #[arg(long, default_value_t = 0)]
+    pub prompt_tokens: u32,
+    /// Timed prompt forwards (after the warm-up step), when --prompt-tokens is set.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prompt_rounds: u32,
     /// Memory for the weights (e.g. 512M, 2G): layers that do not fit are streamed from the
     /// model file each forward with O_DIRECT reads overlapped with compute (default: all
     /// resident).
@@ -308,6 +317,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let token = |position: u32| ((u64::from(position) * 7919) % u64::from(vocab)) as u32;
     root.forward(0, &[token(0)])
         .context("warm-up forward at position 0")?;
+    if args.prompt_tokens > 0 {
+        let batch = root.batch_capacity();
+        anyhow::ensure!(
+            args.prompt_tokens <= batch && args.prompt_tokens < context,
+            "--prompt-tokens {} is more than one forward takes ({batch} tokens, context {context})",
+            args.prompt_tokens
+        );
+        let prompt: Vec<u32> = (0..args.prompt_tokens).map(token).collect();
+        let mut times = Vec::with_capacity(args.prompt_rounds as usize);
+        for round in 0..args.prompt_rounds {
+            let started = Instant::now();
+            // The logits of a prompt's last token are read, so its classifier runs too.
+            root.forward(0, &prompt)
+                .with_context(|| format!("prompt forward {round}"))?;
+            times.push(started.elapsed());
+        }
+        let per_s =
+            |d: Duration| f64::from(args.prompt_tokens) / d.as_secs_f64().max(f64::MIN_POSITIVE);
+        let best = times.iter().min().copied().unwrap_or_default();
+        say(
+            &hidden,
+            &format!(
+                "prompt: {} tokens per forward, {} forwards: median {:.3} tokens/s ({:.1} ms), best {:.3}",
+                args.prompt_tokens,
+                times.len(),
+                per_s(median(&times)),
+                ms(median(&times)),
+                per_s(best)
+            ),
+        );
+        report["prompt"] = json!({
+            "tokens": args.prompt_tokens,
+            "rounds": times.len(),
+            "tokens_per_s": per_s(median(&times)),
+            "tokens_per_s_best": per_s(best),
+            "ms_per_forward": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
+        });
+    }
     let bar = progress_bar(
         u64::from(args.tokens),
         "decoding {bar:40} {pos}/{len} tokens, {per_sec}",

@@ -3,7 +3,9 @@
 use core::arch::x86_64::*;
 
 use super::matmul::{hsum8, q40_codes_of, q80_codes};
-use super::tinyblas::{CHUNK, GROUP, any_min_code, q40_matmul_body, q40_matmul_body_offset};
+use super::tinyblas::{
+    CHUNK, GROUP, XD_CAP, any_min_code, q40_matmul_body, q40_matmul_body_offset, scale,
+};
 use crate::block::{Q40x8Block, Q80Block};
 use crate::packed::ROWS_PER_GROUP;
 use crate::quant::f16_to_f32;

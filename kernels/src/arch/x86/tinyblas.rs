@@ -111,6 +111,10 @@ pub(crate) fn scale(d: [u8; 2]) -> f32 {
 /// their products stay in L1 while every batch item of a group passes over them.
 pub(crate) const CHUNK: usize = 32;
 
+/// Input block scales that the tinyBLAS body converts once per call, on its stack (32 KiB):
+/// 32 items of 256 blocks.
+pub(crate) const XD_CAP: usize = 8192;
+
 /// Batch items whose accumulators stay on the stack across chunks (a multiple of every tile
 /// width used here).
 pub(crate) const GROUP: usize = 32;
@@ -165,6 +169,16 @@ macro_rules! q40_matmul_body {
         // Item scales of one tile: converted 8 at a time from a packed copy of the halves.
         let mut xh = [[0u16; CHUNK]; RN];
         let mut xd = [[0.0f32; CHUNK]; RN];
+        // Every item scale converted once, when they fit (a prefill batch of a few dozen
+        // items over rows of up to a few hundred blocks), instead of once per row tile; a
+        // chunk's slice may run `CHUNK` past the last scale, into the zeros.
+        let hoisted = items * nb <= XD_CAP;
+        let mut xd_all = [0.0f32; XD_CAP + CHUNK];
+        if hoisted {
+            for (d, xb) in xd_all.iter_mut().zip(xs) {
+                *d = scale(xb.d);
+            }
+        }
         // `prod[k][i][l] = wd[i][l] · xd[k][l]`.
         let mut prod = [[[0.0f32; CHUNK]; RM]; RN];
         let mut r0 = 0;
@@ -194,23 +208,30 @@ macro_rules! q40_matmul_body {
                             xs[(g0 + b0 + k).min(items - 1) * nb + c0..].as_ptr()
                         });
                         for k in 0..RN {
-                            for l in 0..cn {
-                                // SAFETY: l < cn, inside the item's chunk.
-                                xh[k][l] = u16::from_le_bytes(unsafe { (*item[k].add(l)).d });
-                            }
-                            let mut l = 0;
-                            while l < cn {
-                                // SAFETY: the bounds-checked slice holds 8 halves (16 bytes).
-                                let h = unsafe { _mm_loadu_si128(xh[k][l..l + 8].as_ptr().cast()) };
-                                // SAFETY: the bounds-checked slice holds 8 floats.
-                                unsafe {
-                                    _mm256_storeu_ps(
-                                        xd[k][l..l + 8].as_mut_ptr(),
-                                        _mm256_cvtph_ps(h),
-                                    )
-                                };
-                                l += 8;
-                            }
+                            let xdk: &[f32] = if hoisted {
+                                let start = (g0 + b0 + k).min(items - 1) * nb + c0;
+                                &xd_all[start..start + CHUNK]
+                            } else {
+                                for l in 0..cn {
+                                    // SAFETY: l < cn, inside the item's chunk.
+                                    xh[k][l] = u16::from_le_bytes(unsafe { (*item[k].add(l)).d });
+                                }
+                                let mut l = 0;
+                                while l < cn {
+                                    // SAFETY: the bounds-checked slice holds 8 halves (16 bytes).
+                                    let h =
+                                        unsafe { _mm_loadu_si128(xh[k][l..l + 8].as_ptr().cast()) };
+                                    // SAFETY: the bounds-checked slice holds 8 floats.
+                                    unsafe {
+                                        _mm256_storeu_ps(
+                                            xd[k][l..l + 8].as_mut_ptr(),
+                                            _mm256_cvtph_ps(h),
+                                        )
+                                    };
+                                    l += 8;
+                                }
+                                &xd[k]
+                            };
                             for i in 0..RM {
                                 let mut l = 0;
                                 while l < cn {
@@ -218,7 +239,7 @@ macro_rules! q40_matmul_body {
                                     let p = unsafe {
                                         _mm256_mul_ps(
                                             _mm256_loadu_ps(wd[i][l..l + 8].as_ptr()),
-                                            _mm256_loadu_ps(xd[k][l..l + 8].as_ptr()),
+                                            _mm256_loadu_ps(xdk[l..l + 8].as_ptr()),
                                         )
                                     };
                                     // SAFETY: as above.
@@ -435,7 +456,7 @@ mod tests {
     }
 
     /// Every instantiation must give dllama's per-element bits, also across chunk (`CHUNK`
-    /// blocks), group (`GROUP` items) and tile tails (the public tests only reach the one the
+    /// blocks), group (`GROUP` items), tile tails and beyond `XD_CAP` input blocks (the public tests only reach the one the
     /// host CPU selects, and only small shapes).
     #[test]
     fn every_x86_q40_instantiation_agrees() {
@@ -461,6 +482,8 @@ mod tests {
             (3, 32, 33),
             (7, 41, 66),
             (4, 64, 32),
+            // More input scales than the body converts up front (`XD_CAP`).
+            (3, 300, 33),
         ] {
             let w: alloc::vec::Vec<Q40Block> = (0..d * nb)
                 .map(|_| Q40Block {
