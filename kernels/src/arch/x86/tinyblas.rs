@@ -218,9 +218,9 @@ macro_rules! q40_matmul_body {
                                 }
                                 let mut l = 0;
                                 while l < cn {
+                                    let halves = xh[k][l..l + 8].as_ptr().cast();
                                     // SAFETY: the bounds-checked slice holds 8 halves (16 bytes).
-                                    let h =
-                                        unsafe { _mm_loadu_si128(xh[k][l..l + 8].as_ptr().cast()) };
+                                    let h = unsafe { _mm_loadu_si128(halves) };
                                     // SAFETY: the bounds-checked slice holds 8 floats.
                                     unsafe {
                                         _mm256_storeu_ps(
