@@ -172,13 +172,21 @@ macro_rules! q40_matmul_body {
         // Every item scale converted once, when they fit (a prefill batch of a few dozen
         // items over rows of up to a few hundred blocks), instead of once per row tile; a
         // chunk's slice may run `CHUNK` past the last scale, into the zeros.
+        // Only the part in use is written (zeroing all 32 KiB per call showed in profiles of
+        // small models).
         let hoisted = items * nb <= XD_CAP;
-        let mut xd_all = [0.0f32; XD_CAP + CHUNK];
-        if hoisted {
-            for (d, xb) in xd_all.iter_mut().zip(xs) {
-                *d = scale(xb.d);
-            }
+        let mut xd_store = [core::mem::MaybeUninit::<f32>::uninit(); XD_CAP + CHUNK];
+        let filled = if hoisted { items * nb + CHUNK } else { 0 };
+        let scales = xs
+            .iter()
+            .map(|xb| scale(xb.d))
+            .chain(core::iter::repeat(0.0));
+        for (d, v) in xd_store[..filled].iter_mut().zip(scales) {
+            d.write(v);
         }
+        // SAFETY: the first `filled` elements were just written.
+        let xd_all: &[f32] =
+            unsafe { core::slice::from_raw_parts(xd_store.as_ptr().cast::<f32>(), filled) };
         // `prod[k][i][l] = wd[i][l] · xd[k][l]`.
         let mut prod = [[[0.0f32; CHUNK]; RM]; RN];
         let mut r0 = 0;
@@ -408,7 +416,17 @@ pub(crate) unsafe fn matmul_q80_q40_vnni_offset(
 /// (codes are rounded to ±127), but a peer may send any byte. One pass over the input, next to
 /// a matmul that reads it once per weight row.
 pub(crate) fn any_min_code(xs: &[Q80Block]) -> bool {
-    xs.iter().any(|b| b.qs.contains(&i8::MIN))
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    xs.iter().any(|b| {
+        let words: [u64; 4] = bytemuck::cast(b.qs);
+        // A -128 byte (0x80) is zero after the xor; `(v - 1…) & !v & 0x80…` is non-zero
+        // exactly when some byte of `v` is zero.
+        words.iter().fold(0, |found, &w| {
+            let v = w ^ HIGH;
+            found | (v.wrapping_sub(ONES) & !v & HIGH)
+        }) != 0
+    })
 }
 
 /// Whether the CPU has AVX-512 VNNI (checked once by `std`'s cached detection, or at compile
@@ -453,6 +471,22 @@ mod tests {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc);
         }
         hsum8(acc)
+    }
+
+    /// The word-at-a-time scan finds a -128 at every position and nothing else.
+    #[test]
+    fn any_min_code_finds_exactly_minus_128() {
+        let block = |qs: [i8; 32]| Q80Block { d: [0; 2], qs };
+        let mut qs: [i8; 32] =
+            core::array::from_fn(|i| [127, -127, 0, 1, -1, 0x7f, 64, -64][i % 8]);
+        assert!(!any_min_code(&[block(qs), block([0; 32])]));
+        for i in 0..32 {
+            let old = qs[i];
+            qs[i] = i8::MIN;
+            assert!(any_min_code(&[block([1; 32]), block(qs)]), "position {i}");
+            qs[i] = old;
+        }
+        assert!(!any_min_code(&[]));
     }
 
     /// Every instantiation must give dllama's per-element bits, also across chunk (`CHUNK`
