@@ -184,9 +184,9 @@ macro_rules! q40_matmul_body {
         for (d, v) in xd_store[..filled].iter_mut().zip(scales) {
             d.write(v);
         }
+        let xd_ptr = xd_store.as_ptr().cast::<f32>();
         // SAFETY: the first `filled` elements were just written.
-        let xd_all: &[f32] =
-            unsafe { core::slice::from_raw_parts(xd_store.as_ptr().cast::<f32>(), filled) };
+        let xd_all: &[f32] = unsafe { core::slice::from_raw_parts(xd_ptr, filled) };
         // `prod[k][i][l] = wd[i][l] · xd[k][l]`.
         let mut prod = [[[0.0f32; CHUNK]; RM]; RN];
         let mut r0 = 0;
