@@ -212,6 +212,32 @@ fn flags_are_checked_before_the_weights_load() {
     }
 }
 
+/// A damaged tokenizer file is named in the error, with what is wrong in it (issue 13: "tokenizer
+/// errors do not name the file").
+#[test]
+fn a_damaged_tokenizer_is_named() {
+    let f = fixtures();
+    let dir = scratch("damaged-tokenizer");
+    let bytes = std::fs::read(&f.tokenizer).unwrap();
+    let truncated = dir.join("truncated.t");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut bad_magic = bytes.clone();
+    bad_magic[..4].copy_from_slice(b"XXXX");
+    let not_a_tokenizer = dir.join("not-a-tokenizer.t");
+    std::fs::write(&not_a_tokenizer, &bad_magic).unwrap();
+    for path in [&truncated, &not_a_tokenizer] {
+        let out = inference(&f.q40, path, &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{}: {err}", path.display());
+        assert!(
+            err.contains(&path.display().to_string()),
+            "the error does not name {}: {err}",
+            path.display()
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn seed_minus_one_is_random_and_printed() {
     let f = fixtures();

@@ -871,6 +871,44 @@ fn kill_9_of_a_worker_while_it_spills_leaves_no_file() {
     assert!(stderr.contains(&worker.address()), "{stderr}");
 }
 
+/// A worker that cannot create its spill file refuses the session; the root's error names that
+/// worker and says where the cause is, not only "Broken pipe while sending weights" (issue 13).
+#[test]
+fn a_worker_that_cannot_spill_is_named_with_where_to_look() {
+    golden_or_skip!();
+    let _turn = heavy();
+    let model = big_model();
+    // A directory below a regular file: no one, not even root, can create it.
+    let blocker = scratch("unspillable").join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let missing = blocker.join("no-such-dir");
+    let worker = Worker::start(&[
+        "--mem-budget",
+        "8M",
+        "--spill-dir",
+        &missing.display().to_string(),
+        "--net-timeout",
+        "10",
+    ]);
+    let mut root = Proc::spawn(&inference(
+        model,
+        &golden_tokenizer(),
+        &[worker.address()],
+        &["--steps", "8", "--net-timeout", "10"],
+    ));
+    let status = root
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the root hangs; output:\n{}", root.log()));
+    let stderr = root.stderr();
+    println!("root: {stderr}");
+    assert!(!status.success());
+    assert!(stderr.contains(&worker.address()), "{stderr}");
+    assert!(stderr.contains("its log says why"), "{stderr}");
+    // The worker's own log names the directory it could not write.
+    let log = worker.proc.log();
+    assert!(log.contains("no-such-dir"), "worker log: {log}");
+}
+
 #[test]
 fn kill_9_of_a_root_while_it_spills_leaves_no_file() {
     golden_or_skip!();

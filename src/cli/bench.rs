@@ -328,8 +328,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut times = Vec::with_capacity(args.prompt_rounds as usize);
         for round in 0..args.prompt_rounds {
             let started = Instant::now();
-            // The logits of a prompt's last token are read, so its classifier runs too.
-            root.forward(0, &prompt)
+            // As `inference` runs a prompt's batches: no logits, so a one-node root skips the
+            // classifier (llama-bench's pp computes one row of logits, the last token's).
+            root.forward_prompt(0, &prompt)
                 .with_context(|| format!("prompt forward {round}"))?;
             times.push(started.elapsed());
         }
