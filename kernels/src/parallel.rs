@@ -356,6 +356,11 @@ mod pool {
         generation: u64,
         job: Option<Job>,
         shutdown: bool,
+        /// Workers asleep on `wake`, and whether the caller is asleep on `done`: a wake-up is a
+        /// `futex` system call, so it is made only when someone sleeps (both are read and
+        /// written under this lock, so no wake-up is lost).
+        sleepers: usize,
+        caller_asleep: bool,
     }
 
     struct Shared {
@@ -410,6 +415,8 @@ mod pool {
                     generation: 0,
                     job: None,
                     shutdown: false,
+                    sleepers: 0,
+                    caller_asleep: false,
                 }),
                 wake: Condvar::new(),
                 done: Condvar::new(),
@@ -458,15 +465,18 @@ mod pool {
             self.shared
                 .remaining
                 .store(self.n_threads - 1, Ordering::Release);
-            {
+            let sleepers = {
                 let mut state = lock(&self.shared.state);
                 state.generation += 1;
                 state.job = Some(Job(erased));
                 self.shared
                     .generation
                     .store(state.generation as usize, Ordering::Release);
+                state.sleepers
+            };
+            if sleepers > 0 {
+                self.shared.wake.notify_all();
             }
-            self.shared.wake.notify_all();
             let guard = WaitGuard(&self.shared);
             let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
             drop(guard);
@@ -491,8 +501,10 @@ mod pool {
             }
             let mut state = lock(&shared.state);
             while shared.remaining.load(Ordering::Acquire) != 0 {
+                state.caller_asleep = true;
                 state = shared.done.wait(state).unwrap_or_else(|p| p.into_inner());
             }
+            state.caller_asleep = false;
             state.job = None;
         }
     }
@@ -513,7 +525,9 @@ mod pool {
             let job = {
                 let mut state = lock(&shared.state);
                 while state.generation == seen && !state.shutdown {
+                    state.sleepers += 1;
                     state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state.sleepers -= 1;
                 }
                 if state.shutdown {
                     return;
@@ -530,8 +544,10 @@ mod pool {
                 }
             }
             if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let _state = lock(&shared.state);
-                shared.done.notify_all();
+                let state = lock(&shared.state);
+                if state.caller_asleep {
+                    shared.done.notify_all();
+                }
             }
         }
     }
