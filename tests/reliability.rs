@@ -74,6 +74,26 @@ fn inference(model: &Path, tokenizer: &Path, workers: &[String], extra: &[&str])
     args
 }
 
+/// Runs a root (`inference`, 8 steps, `--net-timeout` as given) against one worker that must
+/// make it fail, and returns the root's stderr after checking that it exited non-zero and named
+/// the worker's address. A root that does not exit within `wait` fails the test with its output.
+fn root_fails_naming(model: &Path, worker: &str, net_timeout: &str, wait: Duration) -> String {
+    let mut root = Proc::spawn(&inference(
+        model,
+        &golden_tokenizer(),
+        &[worker.to_string()],
+        &["--steps", "8", "--net-timeout", net_timeout],
+    ));
+    let status = root
+        .wait_exit(wait)
+        .unwrap_or_else(|| panic!("the root hangs; output:\n{}", root.log()));
+    let stderr = root.stderr();
+    println!("root: {stderr}");
+    assert!(!status.success(), "{status}");
+    assert!(stderr.contains(worker), "{stderr}");
+    stderr
+}
+
 fn golden_model() -> PathBuf {
     golden("llama-q40/model.m")
 }
@@ -562,19 +582,12 @@ fn a_sigstopped_worker_is_named_by_the_root_and_the_others_serve_the_next_root()
 fn allow_root_refuses_a_root_outside_the_list() {
     golden_or_skip!();
     let worker = Worker::start(&["--allow-root", "10.99.0.0/16"]);
-    let mut root = Proc::spawn(&inference(
+    root_fails_naming(
         &golden_model(),
-        &golden_tokenizer(),
-        &[worker.address()],
-        &["--steps", "8", "--net-timeout", "5"],
-    ));
-    let status = root
-        .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("the root hangs; output:\n{}", root.log()));
-    let stderr = root.stderr();
-    println!("root: {stderr}");
-    assert!(!status.success(), "{status}");
-    assert!(stderr.contains(&worker.address()), "{stderr}");
+        &worker.address(),
+        "5",
+        Duration::from_secs(20),
+    );
     let error = worker.wait_error(1, Duration::from_secs(5)).text;
     println!("worker: {error}");
     assert!(
@@ -754,19 +767,12 @@ fn max_memory_refusals_are_logged_and_named() {
     assert!(error.contains(REFUSAL), "{error}");
 
     // A real root against it names the worker.
-    let mut root = Proc::spawn(&inference(
+    root_fails_naming(
         &golden_model(),
-        &golden_tokenizer(),
-        &[worker.address()],
-        &["--steps", "8", "--net-timeout", "5"],
-    ));
-    let status = root
-        .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("the root hangs; output:\n{}", root.log()));
-    let stderr = root.stderr();
-    println!("root: {stderr}");
-    assert!(!status.success());
-    assert!(stderr.contains(&worker.address()), "{stderr}");
+        &worker.address(),
+        "5",
+        Duration::from_secs(20),
+    );
     assert!(
         worker
             .wait_error(2, Duration::from_secs(5))
@@ -890,19 +896,7 @@ fn a_worker_that_cannot_spill_is_named_with_where_to_look() {
         "--net-timeout",
         "10",
     ]);
-    let mut root = Proc::spawn(&inference(
-        model,
-        &golden_tokenizer(),
-        &[worker.address()],
-        &["--steps", "8", "--net-timeout", "10"],
-    ));
-    let status = root
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("the root hangs; output:\n{}", root.log()));
-    let stderr = root.stderr();
-    println!("root: {stderr}");
-    assert!(!status.success());
-    assert!(stderr.contains(&worker.address()), "{stderr}");
+    let stderr = root_fails_naming(model, &worker.address(), "10", Duration::from_secs(60));
     assert!(stderr.contains("its log says why"), "{stderr}");
     // The worker's own log names the directory it could not write.
     let log = worker.proc.log();
