@@ -154,7 +154,15 @@ pub fn matmul_q80_q40x8(
         MatmulOrder::Row => {
             // SAFETY: `supports_q40x8` proved AVX2 (+ FMA + F16C, which `Backend` checks with
             // it); the shapes were checked above.
-            unsafe { crate::arch::x86::packed::matmul_q80_q40x8_row(outs, xs, w, nb) }
+            unsafe {
+                if matches!(backend.isa(), Isa::Avx512)
+                    && crate::arch::x86::tinyblas::has_avx512_vnni()
+                {
+                    crate::arch::x86::packed::matmul_q80_q40x8_row_vnni(outs, xs, w, nb)
+                } else {
+                    crate::arch::x86::packed::matmul_q80_q40x8_row(outs, xs, w, nb)
+                }
+            }
         }
         MatmulOrder::TinyBlas => {
             use crate::arch::x86::packed::{

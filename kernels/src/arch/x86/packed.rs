@@ -63,6 +63,84 @@ macro_rules! interleaved {
     };
 }
 
+/// The row-order body over interleaved rows. `$dot(lo, hi, x_lo, x_hi, bias)` gives the
+/// eight rows' exact integer block sums `Σ code · x - bias` from the low and high code nibbles
+/// of the four chunks and the input's 4-byte groups `t` and `4 + t`.
+macro_rules! q40x8_row_body {
+    ($outs:expr, $xs:expr, $w:expr, $nb:expr, $dot:expr) => {{
+        let (outs, xs, w, nb): (&mut [&mut [f32]], &[Q80Block], &[Q40x8Block], usize) =
+            ($outs, $xs, $w, $nb);
+        let ones = _mm256_set1_epi16(1);
+        let groups = outs.first().map_or(0, |o| o.len()) / ROWS_PER_GROUP;
+        let low = _mm256_set1_epi8(0x0f);
+        let eights = _mm256_set1_epi8(8);
+        let mut bias = [0i32; INPUT_CHUNK];
+        let mut x_scale = [0.0f32; INPUT_CHUNK];
+        for (b, out) in outs.iter_mut().enumerate() {
+            let x = &xs[b * nb..(b + 1) * nb];
+            let mut c0 = 0;
+            while c0 < nb {
+                let cn = (nb - c0).min(INPUT_CHUNK);
+                for (l, xb) in x[c0..c0 + cn].iter().enumerate() {
+                    // 8 · Σ x, exact (pairs of 8 · x stay within ±2048).
+                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, q80_codes(xb)), ones);
+                    let s =
+                        _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                    let s = _mm_hadd_epi32(s, s);
+                    bias[l] = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
+                    x_scale[l] = f16_to_f32(u16::from_le_bytes(xb.d));
+                }
+                for g in 0..groups {
+                    let dst = &mut out[g * ROWS_PER_GROUP..(g + 1) * ROWS_PER_GROUP];
+                    let mut sum = if c0 == 0 {
+                        _mm256_setzero_ps()
+                    } else {
+                        // SAFETY: `dst` is 8 floats.
+                        unsafe { _mm256_loadu_ps(dst.as_ptr()) }
+                    };
+                    let wg = &w[g * nb + c0..g * nb + c0 + cn];
+                    for (l, (wb, xb)) in wg.iter().zip(&x[c0..c0 + cn]).enumerate() {
+                        // A hint only: an address past the end is never dereferenced.
+                        let ahead = (wb as *const Q40x8Block)
+                            .wrapping_add(PREFETCH)
+                            .cast::<i8>();
+                        _mm_prefetch::<_MM_HINT_T0>(ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+                        let mut lo = [_mm256_setzero_si256(); 4];
+                        let mut hi = [_mm256_setzero_si256(); 4];
+                        let mut x_lo = [0i32; 4];
+                        let mut x_hi = [0i32; 4];
+                        for t in 0..4 {
+                            // SAFETY: `qs[t]` is 32 bytes, one unaligned 256-bit load.
+                            let codes = unsafe { _mm256_loadu_si256(wb.qs[t].as_ptr().cast()) };
+                            lo[t] = _mm256_and_si256(codes, low);
+                            hi[t] = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
+                            let quad = xb.qs.as_ptr().cast::<i32>();
+                            // SAFETY: `qs` is 32 bytes: quads t and 4 + t (t < 4) are inside it.
+                            (x_lo[t], x_hi[t]) = unsafe {
+                                (
+                                    quad.add(t).read_unaligned(),
+                                    quad.add(4 + t).read_unaligned(),
+                                )
+                            };
+                        }
+                        let dot = $dot(lo, hi, x_lo, x_hi, bias[l]);
+                        // SAFETY: `d` is 16 bytes, one unaligned 128-bit load.
+                        let halves = unsafe { _mm_loadu_si128(wb.d.as_ptr().cast()) };
+                        let w_scale = _mm256_cvtph_ps(halves);
+                        let s = _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale[l]));
+                        sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, sum);
+                    }
+                    // SAFETY: `dst` is 8 floats.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), sum) };
+                }
+                c0 += cn;
+            }
+        }
+    }};
+}
+
 /// Row order (dllama's `matmul_Q80_Q40_F32` AVX2 branch, as [`super::matmul::matmul_q80_q40_avx2`]):
 /// per block, lane `r` gets row `r`'s exact integer dot `Σ (code - 8) · x` and
 /// `sum = fma(float(dot), d_w · d_x, sum)`.
@@ -81,80 +159,58 @@ pub(crate) unsafe fn matmul_q80_q40x8_row(
     w: &[Q40x8Block],
     nb: usize,
 ) {
-    let groups = outs.first().map_or(0, |o| o.len()) / ROWS_PER_GROUP;
-    let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let eights = _mm256_set1_epi8(8);
-    let mut bias = [0i32; INPUT_CHUNK];
-    let mut x_scale = [0.0f32; INPUT_CHUNK];
-    for (b, out) in outs.iter_mut().enumerate() {
-        let x = &xs[b * nb..(b + 1) * nb];
-        let mut c0 = 0;
-        while c0 < nb {
-            let cn = (nb - c0).min(INPUT_CHUNK);
-            for (l, xb) in x[c0..c0 + cn].iter().enumerate() {
-                // 8 · Σ x, exact (pairs of 8 · x stay within ±2048).
-                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, q80_codes(xb)), ones);
-                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-                let s = _mm_hadd_epi32(s, s);
-                bias[l] = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
-                x_scale[l] = f16_to_f32(u16::from_le_bytes(xb.d));
+    q40x8_row_body!(
+        outs,
+        xs,
+        w,
+        nb,
+        |lo: [__m256i; 4], hi: [__m256i; 4], x_lo: [i32; 4], x_hi: [i32; 4], bias: i32| {
+            let mut pairs = _mm256_setzero_si256();
+            for t in 0..4 {
+                pairs = _mm256_add_epi16(
+                    pairs,
+                    _mm256_maddubs_epi16(lo[t], _mm256_set1_epi32(x_lo[t])),
+                );
+                pairs = _mm256_add_epi16(
+                    pairs,
+                    _mm256_maddubs_epi16(hi[t], _mm256_set1_epi32(x_hi[t])),
+                );
             }
-            for g in 0..groups {
-                let dst = &mut out[g * ROWS_PER_GROUP..(g + 1) * ROWS_PER_GROUP];
-                let mut sum = if c0 == 0 {
-                    _mm256_setzero_ps()
-                } else {
-                    // SAFETY: `dst` is 8 floats.
-                    unsafe { _mm256_loadu_ps(dst.as_ptr()) }
-                };
-                let wg = &w[g * nb + c0..g * nb + c0 + cn];
-                for (l, (wb, xb)) in wg.iter().zip(&x[c0..c0 + cn]).enumerate() {
-                    // A hint only: an address past the end is never dereferenced.
-                    let ahead = (wb as *const Q40x8Block)
-                        .wrapping_add(PREFETCH)
-                        .cast::<i8>();
-                    _mm_prefetch::<_MM_HINT_T0>(ahead);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
-                    let mut pairs = _mm256_setzero_si256();
-                    for t in 0..4 {
-                        // SAFETY: `qs[t]` is 32 bytes, one unaligned 256-bit load.
-                        let codes = unsafe { _mm256_loadu_si256(wb.qs[t].as_ptr().cast()) };
-                        let lo = _mm256_and_si256(codes, low);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
-                        let quad = xb.qs.as_ptr().cast::<i32>();
-                        // SAFETY: `qs` is 32 bytes: quads t and 4 + t (t < 4) are inside it.
-                        let (x_lo, x_hi) = unsafe {
-                            (
-                                quad.add(t).read_unaligned(),
-                                quad.add(4 + t).read_unaligned(),
-                            )
-                        };
-                        pairs = _mm256_add_epi16(
-                            pairs,
-                            _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x_lo)),
-                        );
-                        pairs = _mm256_add_epi16(
-                            pairs,
-                            _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x_hi)),
-                        );
-                    }
-                    let dot = _mm256_sub_epi32(
-                        _mm256_madd_epi16(pairs, ones),
-                        _mm256_set1_epi32(bias[l]),
-                    );
-                    // SAFETY: `d` is 16 bytes, one unaligned 128-bit load.
-                    let w_scale = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(wb.d.as_ptr().cast()) });
-                    let s = _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale[l]));
-                    sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, sum);
-                }
-                // SAFETY: `dst` is 8 floats.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), sum) };
-            }
-            c0 += cn;
+            _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), _mm256_set1_epi32(bias))
         }
-    }
+    )
+}
+
+/// As [`matmul_q80_q40x8_row`] (same bits) with AVX-512 VNNI: `vpdpbusd` sums four products
+/// into each 32-bit lane at once, eight instructions per block where `vpmaddubsw`, `vpaddw` and
+/// `vpmaddwd` took seventeen (two independent chains, so the latency of one does not serialise
+/// the block).
+///
+/// # Safety
+/// As [`matmul_q80_q40x8_row`], and the CPU supports AVX-512 F/VL/VNNI.
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q80_q40x8_row_vnni(
+    outs: &mut [&mut [f32]],
+    xs: &[Q80Block],
+    w: &[Q40x8Block],
+    nb: usize,
+) {
+    q40x8_row_body!(
+        outs,
+        xs,
+        w,
+        nb,
+        |lo: [__m256i; 4], hi: [__m256i; 4], x_lo: [i32; 4], x_hi: [i32; 4], bias: i32| {
+            let mut a = _mm256_set1_epi32(-bias);
+            let mut b = _mm256_setzero_si256();
+            for t in 0..4 {
+                a = _mm256_dpbusd_epi32(a, lo[t], _mm256_set1_epi32(x_lo[t]));
+                b = _mm256_dpbusd_epi32(b, hi[t], _mm256_set1_epi32(x_hi[t]));
+            }
+            _mm256_add_epi32(a, b)
+        }
+    )
 }
 
 /// tinyBLAS order (`tinyBLAS_Q0_AVX2`, as [`super::tinyblas::matmul_q80_q40_avx2`]) over the
