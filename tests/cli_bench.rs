@@ -169,3 +169,41 @@ fn steps_past_the_context_are_refused() {
     // Nothing was loaded or run.
     assert!(out.stdout.is_empty());
 }
+
+/// `--prompt-tokens` times batched prompt forwards (llama-bench's pp) and reports them, in text
+/// and JSON; a batch larger than one forward takes is refused with a sentence saying so.
+#[test]
+fn prompt_forwards_are_timed_and_reported() {
+    let (path, _) = model("prompt.m");
+    let r = report(&bench(
+        &path,
+        &["--prompt-tokens", "4", "--prompt-rounds", "2"],
+    ));
+    check_common(&r);
+    let prompt = &r["prompt"];
+    assert!(
+        prompt.starts_with("4 tokens per forward, 2 forwards: median "),
+        "{prompt}"
+    );
+    assert!(number_after(prompt, "median ") > 0.0);
+    assert!(number_after(prompt, "best ") > 0.0);
+
+    let out = bench(
+        &path,
+        &["--prompt-tokens", "4", "--prompt-rounds", "3", "--json"],
+    );
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["prompt"]["tokens"], 4);
+    assert_eq!(json["prompt"]["rounds"], 3);
+    assert_eq!(
+        json["prompt"]["ms_per_forward"].as_array().unwrap().len(),
+        3
+    );
+    assert!(json["prompt"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let out = bench(&path, &["--prompt-tokens", "33"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than one forward takes"), "{stderr}");
+}

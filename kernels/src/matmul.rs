@@ -201,14 +201,16 @@ pub fn matmul_q80_q40(
                 any_min_code, has_avx512_vnni, matmul_q80_q40_avx512, matmul_q80_q40_vnni,
                 matmul_q80_q40_vnni_offset,
             };
-            if has_avx512_vnni() && !any_min_code(xs) {
-                // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C, VNNI
-                // was just detected, and no input code is -128.
-                unsafe { matmul_q80_q40_vnni_offset(outs, xs, w_rows, nb) }
-            } else if has_avx512_vnni() {
+            if has_avx512_vnni() {
                 // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C, and
-                // VNNI was just detected.
-                unsafe { matmul_q80_q40_vnni(outs, xs, w_rows, nb) }
+                // VNNI was just detected; the offset form only gets inputs without -128.
+                unsafe {
+                    if any_min_code(xs) {
+                        matmul_q80_q40_vnni(outs, xs, w_rows, nb)
+                    } else {
+                        matmul_q80_q40_vnni_offset(outs, xs, w_rows, nb)
+                    }
+                }
             } else {
                 // SAFETY: `backend` proves AVX-512 F/BW/DQ/VL on top of AVX2 + FMA + F16C.
                 unsafe { matmul_q80_q40_avx512(outs, xs, w_rows, nb) }

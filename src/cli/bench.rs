@@ -4,11 +4,11 @@
 //!
 //! The run is a one-node root ([`Root::open_streaming`] with no workers): the same loading,
 //! planning and forward path `airllama inference` takes, without a tokenizer. One warm-up
-//! forward at position 0 (first touches of the buffers and of the embedding map), then
-//! with `--prompt-tokens P`, `--prompt-rounds` timed forwards of a P-token batch at positions
-//! `0..P` (llama-bench's `pp`), then `--tokens` timed one-token forwards at positions `1..=T`
-//! with deterministic token ids. The
-//! numbers are what a user's decode would see on this machine, disk and page cache included.
+//! forward at position 0 (first touches of the buffers and of the embedding map); with
+//! `--prompt-tokens P`, `--prompt-rounds` timed forwards of a P-token batch at positions `0..P`
+//! (llama-bench's `pp`); then `--tokens` timed one-token forwards at positions `1..=T`, all
+//! with deterministic token ids. The numbers are what a user's decode would see on this
+//! machine, disk and page cache included.
 use std::fs::File;
 use std::io::{BufReader, IsTerminal};
 use std::path::{Path, PathBuf};

@@ -25,7 +25,7 @@ const PREFETCH: usize = 16;
 /// (`rows[0]` a multiple of 4, so one half of a group) at block column `j`. Their 4-byte code
 /// words sit at the same place in the four chunks, so a 4 × 4 transpose of 32-bit words gives
 /// each row's 16 code bytes, and the four scales convert at once. A macro, for the same reason
-/// as [`super::tinyblas::row_tile`].
+/// as `row_tile!` in [`super::tinyblas`].
 macro_rules! interleaved {
     ($w:expr, $nb:expr) => {
         |rows: &[usize; 4], j: usize| {

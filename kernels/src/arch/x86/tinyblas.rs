@@ -494,8 +494,8 @@ mod tests {
     }
 
     /// Every instantiation must give dllama's per-element bits, also across chunk (`CHUNK`
-    /// blocks), group (`GROUP` items), tile tails and beyond `XD_CAP` input blocks (the public tests only reach the one the
-    /// host CPU selects, and only small shapes).
+    /// blocks), group (`GROUP` items), tile tails and beyond `XD_CAP` input blocks (the public
+    /// tests only reach the one the host CPU selects, and only small shapes).
     #[test]
     fn every_x86_q40_instantiation_agrees() {
         if Backend::new(Isa::Avx2).is_none() {
