@@ -4,7 +4,7 @@ use core::arch::x86_64::*;
 
 use super::matmul::{hsum8, q40_codes_of, q80_codes};
 use super::tinyblas::{
-    CHUNK, GROUP, XD_CAP, any_min_code, q40_matmul_body, q40_matmul_body_offset, scale,
+    CHUNK, CacheLines, GROUP, XD_CAP, any_min_code, q40_matmul_body, q40_matmul_body_offset, scale,
 };
 use crate::block::{Q40x8Block, Q80Block};
 use crate::packed::ROWS_PER_GROUP;
@@ -24,9 +24,29 @@ const PREFETCH: usize = 16;
 /// The tile fetch of the tinyBLAS body over interleaved rows: four rows `rows[0]..rows[0] + 4`
 /// (`rows[0]` a multiple of 4, so one half of a group) at block column `j`. Their 4-byte code
 /// words sit at the same place in the four chunks, so a 4 × 4 transpose of 32-bit words gives
-/// each row's 16 code bytes, and the four scales convert at once. A macro, for the same reason
-/// as `row_tile!` in [`super::tinyblas`].
+/// each row's 16 code bytes, and the four scales convert at once. With it, the prefetch of a
+/// block column (its whole 144-byte block, three lines). Macros, for the same reason as
+/// `row_tile!` in [`super::tinyblas`].
 macro_rules! interleaved {
+    ($w:expr, $nb:expr) => {
+        (
+            interleaved_fetch!($w, $nb),
+            |rows: &[usize; 4], j: usize| {
+                let p = $w
+                    .as_ptr()
+                    .wrapping_add(rows[0] / ROWS_PER_GROUP * $nb + j)
+                    .cast::<i8>();
+                // A hint only: the addresses are never dereferenced.
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+            },
+        )
+    };
+}
+
+/// [`interleaved`]'s fetch.
+macro_rules! interleaved_fetch {
     ($w:expr, $nb:expr) => {
         |rows: &[usize; 4], j: usize| {
             debug_assert!(rows[0] % 4 == 0 && rows[3] == rows[0] + 3);
