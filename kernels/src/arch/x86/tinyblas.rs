@@ -136,9 +136,10 @@ pub(crate) const GROUP: usize = 32;
 /// 8 at a time and broadcast from memory; the accumulators are parked on the stack between
 /// chunks (a store and a reload do not change a bit).
 ///
-/// `$fetch(&rows, block)` returns the unsigned codes ([`q40_codes`]) and scales of the tile's
-/// `RM` rows at one block column, so the same body runs over the row layout ([`row_tile`])
-/// and over the interleaved one ([`super::packed`], which unpacks four rows at once).
+/// `$fetch` is a pair of closures over `(&rows, block)`: the first returns the unsigned codes
+/// ([`q40_codes`]) and scales of the tile's `RM` rows at one block column, the second
+/// prefetches them. So the same body runs over the row layout (`row_tile!`) and over the
+/// interleaved one ([`super::packed`], which unpacks four rows at once).
 macro_rules! q40_matmul_body {
     // dllama's own operations: `vpsignb` moves the weight's sign onto the input and an
     // unsigned·signed dot (`$updot`) multiplies by `|w|`.
