@@ -15,10 +15,11 @@ use crate::quant::f16_to_f32;
 /// store and a reload of an `f32` change no bit).
 const INPUT_CHUNK: usize = 256;
 
-/// Interleaved blocks (144 bytes each) ahead of the one being read that are prefetched: decode
-/// reads each weight once per token, so the kernel runs at the speed its loads come from DRAM;
-/// asking 2.3 KB ahead keeps more lines in flight than the hardware prefetcher alone (A/B on
-/// a 1B model's decode, docs/PERFORMANCE.md).
+/// Interleaved blocks (144 bytes each) ahead of the one being read that the AVX2 row kernel
+/// prefetches: decode reads each weight once per token, so the kernel runs at the speed its
+/// loads come from DRAM; on a Zen 3, asking 2.3 KB ahead kept more lines in flight than the
+/// hardware prefetcher alone. The VNNI row kernel does not: on a Zen 4 the same hints made a
+/// decode 4–15 % slower (both A/Bs in docs/PERFORMANCE.md).
 const PREFETCH: usize = 16;
 
 /// The tile fetch of the tinyBLAS body over interleaved rows: four rows `rows[0]..rows[0] + 4`
@@ -85,9 +86,10 @@ macro_rules! interleaved_fetch {
 
 /// The row-order body over interleaved rows. `$dot(lo, hi, x_lo, x_hi, bias)` gives the
 /// eight rows' exact integer block sums `Σ code · x - bias` from the low and high code nibbles
-/// of the four chunks and the input's 4-byte groups `t` and `4 + t`.
+/// of the four chunks and the input's 4-byte groups `t` and `4 + t`. With `$prefetch`, each
+/// block asks for the one [`PREFETCH`] blocks ahead.
 macro_rules! q40x8_row_body {
-    ($outs:expr, $xs:expr, $w:expr, $nb:expr, $dot:expr) => {{
+    ($outs:expr, $xs:expr, $w:expr, $nb:expr, $prefetch:expr, $dot:expr) => {{
         let (outs, xs, w, nb): (&mut [&mut [f32]], &[Q80Block], &[Q40x8Block], usize) =
             ($outs, $xs, $w, $nb);
         let ones = _mm256_set1_epi16(1);
@@ -120,13 +122,15 @@ macro_rules! q40x8_row_body {
                     };
                     let wg = &w[g * nb + c0..g * nb + c0 + cn];
                     for (l, (wb, xb)) in wg.iter().zip(&x[c0..c0 + cn]).enumerate() {
-                        // A hint only: an address past the end is never dereferenced.
-                        let ahead = (wb as *const Q40x8Block)
-                            .wrapping_add(PREFETCH)
-                            .cast::<i8>();
-                        _mm_prefetch::<_MM_HINT_T0>(ahead);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+                        if $prefetch {
+                            // A hint only: an address past the end is never dereferenced.
+                            let ahead = (wb as *const Q40x8Block)
+                                .wrapping_add(PREFETCH)
+                                .cast::<i8>();
+                            _mm_prefetch::<_MM_HINT_T0>(ahead);
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+                        }
                         let mut lo = [_mm256_setzero_si256(); 4];
                         let mut hi = [_mm256_setzero_si256(); 4];
                         let mut x_lo = [0i32; 4];
@@ -185,6 +189,7 @@ pub(crate) unsafe fn matmul_q80_q40x8_row(
         xs,
         w,
         nb,
+        true,
         |lo: [__m256i; 4], hi: [__m256i; 4], x_lo: [i32; 4], x_hi: [i32; 4], bias: i32| {
             let mut pairs = _mm256_setzero_si256();
             for t in 0..4 {
@@ -205,7 +210,7 @@ pub(crate) unsafe fn matmul_q80_q40x8_row(
 /// As [`matmul_q80_q40x8_row`] (same bits) with AVX-512 VNNI: `vpdpbusd` sums four products
 /// into each 32-bit lane at once, eight instructions per block where `vpmaddubsw`, `vpaddw` and
 /// `vpmaddwd` took seventeen (two independent chains, so the latency of one does not serialise
-/// the block).
+/// the block). No software prefetch ([`PREFETCH`]): the hardware's alone reads faster here.
 ///
 /// # Safety
 /// As [`matmul_q80_q40x8_row`], and the CPU supports AVX-512 F/VL/VNNI.
@@ -221,6 +226,7 @@ pub(crate) unsafe fn matmul_q80_q40x8_row_vnni(
         xs,
         w,
         nb,
+        false,
         |lo: [__m256i; 4], hi: [__m256i; 4], x_lo: [i32; 4], x_hi: [i32; 4], bias: i32| {
             let mut a = _mm256_set1_epi32(-bias);
             let mut b = _mm256_setzero_si256();
