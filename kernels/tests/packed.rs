@@ -78,7 +78,8 @@ proptest! {
     }
 }
 
-/// Larger batches cross the tinyBLAS body's 32-item groups and 32-block chunks.
+/// Larger batches cross the tinyBLAS body's 32-item groups and 32-block chunks; long rows the
+/// row kernel's input chunks.
 #[test]
 fn tinyblas_tails_of_groups_and_chunks() {
     for backend in Backend::all_supported().filter(|b| supports_q40x8(*b)) {
@@ -90,6 +91,9 @@ fn tinyblas_tails_of_groups_and_chunks() {
             (32, 5, 66),
             // Past the 8192 input scales that the body converts up front.
             (8, 300, 33),
+            // Rows longer than the row kernel's 1024-block input chunk: walked in parts.
+            (8, 1030, 2),
+            (16, 2049, 1),
         ] {
             run(
                 backend,

@@ -10,10 +10,12 @@ use crate::block::{Q40x8Block, Q80Block};
 use crate::packed::ROWS_PER_GROUP;
 use crate::quant::f16_to_f32;
 
-/// Input blocks whose scale and bias are prepared at once (on the stack): rows longer than
-/// this are walked in chunks, each group's eight sums parked in its output between chunks (a
-/// store and a reload of an `f32` change no bit).
-const INPUT_CHUNK: usize = 256;
+/// Input blocks whose scale and bias are prepared at once (8 KiB on the stack): rows longer
+/// than this are walked in chunks, each group's eight sums parked in its output between chunks
+/// (a store and a reload of an `f32` change no bit). Large enough for the FFN rows of common
+/// models (up to 32768 inputs): with 256, a 7B's 11008-wide rows were walked in two passes over
+/// every group, and its decode at 1 thread was 19 % slower (docs/PERFORMANCE.md).
+const INPUT_CHUNK: usize = 1024;
 
 /// Interleaved blocks (144 bytes each) ahead of the one being read that the AVX2 row kernel
 /// prefetches: decode reads each weight once per token, so the kernel runs at the speed its
