@@ -112,6 +112,91 @@ impl core::fmt::Display for Peer {
     }
 }
 
+/// Who a timed-out exchange blames, after [`culprit`]'s grace.
+enum Culprit {
+    /// Bytes can move again after all: the exchange goes on.
+    Moving,
+    /// The peer the time-out names.
+    Peer(Peer),
+}
+
+/// The longest a timed-out exchange that waited on several peers watches them before it names
+/// one (the time-out itself, if shorter).
+const BLAME_GRACE: Duration = Duration::from_secs(2);
+
+/// When an exchange times out while several peers owe it bytes, the first in order is not
+/// always the stalled one: in a mesh, a live worker that waits on a stalled peer owes the root
+/// its own bytes too. Such a worker gives up on the session when its own `--net-timeout` runs
+/// out, and closes its connections; the stalled peer does not. So, for up to [`BLAME_GRACE`]
+/// (or `limit`), watch the owing connections (`fds`, one per `owing` peer): one that hangs up
+/// is not the culprit, and once all but one have, the last is named. Bytes becoming
+/// available mean the exchange can go on. Without hang-ups the first owing peer is named, as
+/// before; a single owing peer is named at once.
+fn culprit(owing: &[Peer], fds: &mut [libc::pollfd], limit: Option<Duration>) -> Culprit {
+    let first = owing.first().copied().unwrap_or(Peer::new(0, 0));
+    if owing.len() < 2 || owing.len() != fds.len() {
+        return Culprit::Peer(first);
+    }
+    let grace = limit.map_or(BLAME_GRACE, |l| l.min(BLAME_GRACE));
+    let until = std::time::Instant::now() + grace;
+    let mut hung_up = vec![false; fds.len()];
+    loop {
+        let alive: Vec<Peer> = owing
+            .iter()
+            .zip(&hung_up)
+            .filter(|(_, gone)| !**gone)
+            .map(|(peer, _)| *peer)
+            .collect();
+        let named = Culprit::Peer(alive.first().copied().unwrap_or(first));
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if alive.len() <= 1 || left.is_zero() {
+            return named;
+        }
+        for (fd, gone) in fds.iter_mut().zip(&hung_up) {
+            if *gone {
+                // poll ignores a negative descriptor.
+                fd.fd = -1;
+            }
+            fd.revents = 0;
+        }
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return named;
+        }
+        for (fd, gone) in fds.iter().zip(hung_up.iter_mut()) {
+            if *gone || fd.revents == 0 {
+                continue;
+            }
+            if fd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                *gone = true;
+            } else if fd.revents & libc::POLLIN != 0 {
+                let mut byte = 0u8;
+                // SAFETY: one writable byte at `byte`; MSG_PEEK leaves it in the socket.
+                let peeked = unsafe {
+                    libc::recv(
+                        fd.fd,
+                        (&raw mut byte).cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                match peeked {
+                    0 => *gone = true,
+                    k if k > 0 => return Culprit::Moving,
+                    _ => {}
+                }
+            } else if fd.revents & libc::POLLOUT != 0 {
+                return Culprit::Moving;
+            }
+        }
+    }
+}
+
 /// How long a node spins on a non-blocking socket that has nothing for it (turbo mode) before
 /// it sleeps in `poll` instead: a forward's usual gaps stay spins, a stalled peer costs no CPU.
 pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_millis(2);
@@ -931,12 +1016,12 @@ impl Network {
                 continue;
             }
             let mut fds = Vec::with_capacity(n);
-            // The first connection still owed something: the one a time-out names.
-            let mut owing: Option<Peer> = None;
+            // The connections still owed something, in order: one of them a time-out names.
+            let mut owing: Vec<Peer> = Vec::with_capacity(n);
             for (i, c) in out_range.clone().enumerate() {
                 let waiting = out_pos.get(i).is_some_and(|p| *p < out_data.len());
                 if let (true, Some(conn)) = (waiting, self.conns.get(c as usize)) {
-                    owing.get_or_insert(conn.peer);
+                    owing.push(conn.peer);
                     fds.push(libc::pollfd {
                         fd: conn.stream.as_raw_fd(),
                         events: libc::POLLOUT,
@@ -946,7 +1031,7 @@ impl Network {
             }
             for ((c, buf), pos) in incoming.iter().zip(in_pos.iter()) {
                 if let (true, Some(conn)) = (*pos < buf.len(), self.conns.get(*c as usize)) {
-                    owing.get_or_insert(conn.peer);
+                    owing.push(conn.peer);
                     fds.push(libc::pollfd {
                         fd: conn.stream.as_raw_fd(),
                         events: libc::POLLIN,
@@ -957,13 +1042,16 @@ impl Network {
             // The calls above never block: outside turbo mode every wait is a sleep in poll.
             match stall.wait(false, &mut fds) {
                 Ok(true) => {}
-                Ok(false) => {
-                    return Err(NetError::TimedOut {
-                        context: "sync",
-                        peer: owing.unwrap_or(Peer::new(0, 0)),
-                        waited: stall.waited(),
-                    });
-                }
+                Ok(false) => match culprit(&owing, &mut fds, stall.limit) {
+                    Culprit::Moving => stall.progressed(),
+                    Culprit::Peer(peer) => {
+                        return Err(NetError::TimedOut {
+                            context: "sync",
+                            peer,
+                            waited: stall.waited(),
+                        });
+                    }
+                },
                 Err(source) => return Err(NetError::Poll { source }),
             }
         }

@@ -214,3 +214,44 @@ fn turbo_switches_like_dllama_and_errors_name_the_peer() {
     drop(root);
     worker.join().unwrap();
 }
+
+/// A root waiting on two workers when both stop sending: one stalled, the other alive but
+/// waiting on the stalled one. The live one gives up on its own time-out and hangs up; the
+/// root's time-out must name the stalled worker, not the first connection that owed bytes.
+#[test]
+fn a_time_out_names_the_stalled_worker_not_the_one_that_gave_up() {
+    let (l1, p1) = listener();
+    let (l2, p2) = listener();
+    let alive = thread::spawn(move || {
+        let session = l1.accept_root().unwrap();
+        // Waits "for its peer", then gives up and closes its connections.
+        thread::sleep(Duration::from_millis(1500));
+        drop(session);
+    });
+    let stalled = thread::spawn(move || {
+        let session = l2.accept_root().unwrap();
+        // Never sends; keeps its connections open past the root's time-out and grace.
+        thread::sleep(Duration::from_millis(4000));
+        drop(session);
+    });
+    let workers = [p1, p2].map(|port| PeerAddress {
+        host: "127.0.0.1".into(),
+        port,
+    });
+    let mut root = Network::connect_to_workers(&workers).unwrap();
+    root.set_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (mut from_1, mut from_2) = ([0u8; 64], [0u8; 64]);
+    let started = std::time::Instant::now();
+    let result = root.exchange(None, &mut [(0, &mut from_1[..]), (1, &mut from_2[..])]);
+    let took = started.elapsed();
+    match result {
+        Err(NetError::TimedOut { peer, .. }) => {
+            assert_eq!((peer.connection, peer.node), (1, 2), "named {peer}");
+        }
+        other => panic!("expected a time-out, got {other:?}"),
+    }
+    // The time-out (1 s), then at most the grace (the time-out again).
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    alive.join().unwrap();
+    stalled.join().unwrap();
+}
