@@ -24,6 +24,17 @@ const INPUT_CHUNK: usize = 1024;
 /// decode 4–15 % slower (both A/Bs in docs/PERFORMANCE.md).
 const PREFETCH: usize = 16;
 
+/// Asks for the three cache lines of the interleaved block at `p` (144 bytes). A hint only:
+/// `p` is never dereferenced, so an address past the end of the weights is harmless.
+#[target_feature(enable = "sse")]
+#[inline]
+fn prefetch_block(p: *const Q40x8Block) {
+    let p = p.cast::<i8>();
+    _mm_prefetch::<_MM_HINT_T0>(p);
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+}
+
 /// The tile fetch of the tinyBLAS body over interleaved rows: four rows `rows[0]..rows[0] + 4`
 /// (`rows[0]` a multiple of 4, so one half of a group) at block column `j`. Their 4-byte code
 /// words sit at the same place in the four chunks, so a 4 × 4 transpose of 32-bit words gives
@@ -35,14 +46,7 @@ macro_rules! interleaved {
         (
             interleaved_fetch!($w, $nb),
             |rows: &[usize; 4], j: usize| {
-                let p = $w
-                    .as_ptr()
-                    .wrapping_add(rows[0] / ROWS_PER_GROUP * $nb + j)
-                    .cast::<i8>();
-                // A hint only: the addresses are never dereferenced.
-                _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+                prefetch_block($w.as_ptr().wrapping_add(rows[0] / ROWS_PER_GROUP * $nb + j))
             },
         )
     };
@@ -125,13 +129,7 @@ macro_rules! q40x8_row_body {
                     let wg = &w[g * nb + c0..g * nb + c0 + cn];
                     for (l, (wb, xb)) in wg.iter().zip(&x[c0..c0 + cn]).enumerate() {
                         if $prefetch {
-                            // A hint only: an address past the end is never dereferenced.
-                            let ahead = (wb as *const Q40x8Block)
-                                .wrapping_add(PREFETCH)
-                                .cast::<i8>();
-                            _mm_prefetch::<_MM_HINT_T0>(ahead);
-                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
+                            prefetch_block((wb as *const Q40x8Block).wrapping_add(PREFETCH));
                         }
                         let mut lo = [_mm256_setzero_si256(); 4];
                         let mut hi = [_mm256_setzero_si256(); 4];

@@ -204,6 +204,7 @@ macro_rules! q40_matmul_body {
         while r0 < rows && items > 0 {
             // Rows past the end repeat the last row; their results are never written.
             let row: [usize; RM] = core::array::from_fn(|i| (r0 + i).min(rows - 1));
+            let next_tile: [usize; RM] = core::array::from_fn(|i| (r0 + RM + i).min(rows - 1));
             let mut g0 = 0;
             while g0 < items {
                 let group = (items - g0).min(GROUP);
@@ -225,8 +226,6 @@ macro_rules! q40_matmul_body {
                     // prefill's time went to unpacking, waiting on DRAM.
                     let passes = group.div_ceil(RN);
                     let per_pass = CHUNK.div_ceil(passes);
-                    let next_tile: [usize; RM] =
-                        core::array::from_fn(|i| (r0 + RM + i).min(rows - 1));
                     let mut b0 = 0;
                     while b0 < group {
                         let first = b0 / RN * per_pass;
